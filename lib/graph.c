@@ -1,0 +1,369 @@
+/* graph.c - the arena, the tape and reverse-mode differentiation.
+ *
+ * Ownership rule (see tensor.h): everything an op creates lives in the graph's
+ * arena until sd_graph_reset(). The arena is a list of chunks; when a step
+ * needed more than one chunk, reset replaces them by one chunk of the total
+ * size, so from the second identical step on nothing is allocated.
+ */
+#include "sd/tensor.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define SD_ARENA_MIN_CHUNK ((size_t)1 << 20)
+#define SD_ALIGN 64
+
+typedef struct sd_chunk {
+    struct sd_chunk *next;
+    size_t size;
+    size_t used;
+    unsigned char *mem;
+} sd_chunk;
+
+struct sd_graph {
+    sd_chunk *chunks;   /* current chunk first */
+    size_t total_bytes; /* sum of chunk sizes */
+    sd_tensor **tape;   /* recorded nodes in creation order */
+    size_t n_tape, cap_tape;
+    sd_tensor **grad_leaves; /* arena leaves marked requires_grad */
+    size_t n_leaves, cap_leaves;
+    bool grad_enabled;
+    sd_status status;
+};
+
+static sd_chunk *chunk_new(size_t size)
+{
+    sd_chunk *c = sd_malloc(sizeof *c);
+    if (!c) return NULL;
+    c->mem = sd_malloc(size);
+    if (!c->mem) {
+        sd_free(c);
+        return NULL;
+    }
+    c->size = size;
+    c->used = 0;
+    c->next = NULL;
+    return c;
+}
+
+static void chunks_free(sd_chunk *c)
+{
+    while (c) {
+        sd_chunk *next = c->next;
+        sd_free(c->mem);
+        sd_free(c);
+        c = next;
+    }
+}
+
+sd_graph *sd_graph_new(void)
+{
+    sd_graph *g = sd_calloc(1, sizeof *g);
+    if (!g) return NULL;
+    g->chunks = chunk_new(SD_ARENA_MIN_CHUNK);
+    if (!g->chunks) {
+        sd_free(g);
+        return NULL;
+    }
+    g->total_bytes = SD_ARENA_MIN_CHUNK;
+    g->grad_enabled = true;
+    return g;
+}
+
+void sd_graph_free(sd_graph *g)
+{
+    if (!g) return;
+    chunks_free(g->chunks);
+    sd_free(g->tape);
+    sd_free(g->grad_leaves);
+    sd_free(g);
+}
+
+void sd_graph_reset(sd_graph *g)
+{
+    if (g->chunks->next) {
+        /* Consolidate: one chunk big enough for everything the last step
+         * used. If that allocation fails keep the old chunks (still valid). */
+        sd_chunk *one = chunk_new(g->total_bytes);
+        if (one) {
+            chunks_free(g->chunks);
+            g->chunks = one;
+        }
+    }
+    for (sd_chunk *c = g->chunks; c; c = c->next) c->used = 0;
+    g->n_tape = 0;
+    g->n_leaves = 0;
+    g->status = SD_OK;
+}
+
+bool sd_graph_set_grad_enabled(sd_graph *g, bool enabled)
+{
+    bool old = g->grad_enabled;
+    g->grad_enabled = enabled;
+    return old;
+}
+
+bool sd_graph_grad_enabled(const sd_graph *g) { return g->grad_enabled; }
+sd_status sd_graph_status(const sd_graph *g) { return g->status; }
+size_t sd_graph_arena_bytes(const sd_graph *g) { return g->total_bytes; }
+
+void *sd_graph_alloc(sd_graph *g, size_t bytes)
+{
+    size_t need = (bytes + SD_ALIGN - 1) & ~(size_t)(SD_ALIGN - 1);
+    if (need < bytes) {
+        g->status = sd_error(SD_ERR_NOMEM, "arena allocation of %zu bytes overflows", bytes);
+        return NULL;
+    }
+    /* Search every chunk: after a consolidation there is just one. */
+    for (sd_chunk *c = g->chunks; c; c = c->next) {
+        if (c->size - c->used >= need) {
+            void *p = c->mem + c->used;
+            c->used += need;
+            return p;
+        }
+    }
+    size_t size = g->chunks->size * 2;
+    if (size < need) size = need;
+    sd_chunk *c = chunk_new(size);
+    if (!c) {
+        g->status = SD_ERR_NOMEM;
+        return NULL;
+    }
+    c->next = g->chunks;
+    g->chunks = c;
+    g->total_bytes += size;
+    c->used = need;
+    return c->mem;
+}
+
+float *sd_graph_alloc_floats(sd_graph *g, size_t n)
+{
+    size_t bytes;
+    if (sd_mul_size(n, sizeof(float), &bytes)) {
+        g->status = sd_error(SD_ERR_NOMEM, "arena allocation of %zu floats overflows", n);
+        return NULL;
+    }
+    return sd_graph_alloc(g, bytes);
+}
+
+sd_tensor *sd__op_fail(sd_graph *g, sd_status st, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    sd_error(st, "%s", msg);
+    if (g && g->status == SD_OK) g->status = st;
+    return NULL;
+}
+
+static sd_tensor *tensor_header(sd_graph *g, int ndim, const int *shape)
+{
+    if (ndim < 1 || ndim > SD_MAX_DIMS)
+        return sd__op_fail(g, SD_ERR_INVALID, "tensor: %d dimensions (1 to %d allowed)", ndim,
+                           SD_MAX_DIMS);
+    size_t numel = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 1)
+            return sd__op_fail(g, SD_ERR_INVALID, "tensor: dimension %d has size %d", i, shape[i]);
+        if (sd_mul_size(numel, (size_t)shape[i], &numel))
+            return sd__op_fail(g, SD_ERR_NOMEM, "tensor: element count overflows");
+    }
+    sd_tensor *t = sd_graph_alloc(g, sizeof *t);
+    if (!t) return sd__op_fail(g, SD_ERR_NOMEM, "tensor: arena exhausted");
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->numel = numel;
+    t->is_leaf = true;
+    return t;
+}
+
+sd_tensor *sd_tensor_new(sd_graph *g, int ndim, const int *shape)
+{
+    sd_tensor *t = tensor_header(g, ndim, shape);
+    if (!t) return NULL;
+    t->data = sd_graph_alloc_floats(g, t->numel);
+    if (!t->data) return sd__op_fail(g, SD_ERR_NOMEM, "tensor: out of memory for %zu floats", t->numel);
+    return t;
+}
+
+sd_tensor *sd_tensor_zeros(sd_graph *g, int ndim, const int *shape)
+{
+    sd_tensor *t = sd_tensor_new(g, ndim, shape);
+    if (t) memset(t->data, 0, t->numel * sizeof(float));
+    return t;
+}
+
+sd_tensor *sd_tensor_new_like(sd_graph *g, const sd_tensor *t)
+{
+    if (!t) return NULL;
+    return sd_tensor_new(g, t->ndim, t->shape);
+}
+
+sd_tensor *sd_tensor_wrap(sd_graph *g, int ndim, const int *shape, float *data, float *grad)
+{
+    if (!data) return sd__op_fail(g, SD_ERR_INVALID, "tensor_wrap: NULL data");
+    sd_tensor *t = tensor_header(g, ndim, shape);
+    if (!t) return NULL;
+    t->data = data;
+    t->grad = grad;
+    t->requires_grad = grad != NULL;
+    return t;
+}
+
+static bool push_ptr(sd_tensor ***arr, size_t *n, size_t *cap, sd_tensor *t)
+{
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 256;
+        sd_tensor **bigger = sd_calloc(ncap, sizeof *bigger);
+        if (!bigger) return false;
+        if (*n) memcpy(bigger, *arr, *n * sizeof *bigger);
+        sd_free(*arr);
+        *arr = bigger;
+        *cap = ncap;
+    }
+    (*arr)[(*n)++] = t;
+    return true;
+}
+
+void sd_tensor_requires_grad(sd_tensor *t)
+{
+    if (t) t->requires_grad = true;
+}
+
+const char *sd_shape_str(const sd_tensor *t, char *buf, size_t len)
+{
+    size_t off = 0;
+    off += (size_t)snprintf(buf + off, len - off, "[");
+    for (int i = 0; i < t->ndim && off < len; i++)
+        off += (size_t)snprintf(buf + off, len - off, i ? ", %d" : "%d", t->shape[i]);
+    if (off < len) snprintf(buf + off, len - off, "]");
+    return buf;
+}
+
+bool sd_same_shape(const sd_tensor *a, const sd_tensor *b)
+{
+    if (a->ndim != b->ndim) return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return false;
+    return true;
+}
+
+sd_tensor *sd__op_output(sd_graph *g, const char *op, int ndim, const int *shape,
+                         sd_backward_fn backward, int n_src, sd_tensor *const *srcs)
+{
+    if (g->status != SD_OK && g->status != SD_ERR_INVALID && g->status != SD_ERR_NUMERIC) {
+        /* Out of memory earlier in this step: do not pile up more failures. */
+        return sd__op_fail(g, g->status, "%s: not run, an earlier op failed", op);
+    }
+    bool needs_grad = false;
+    if (g->grad_enabled && backward)
+        for (int i = 0; i < n_src; i++)
+            if (srcs[i] && srcs[i]->requires_grad) needs_grad = true;
+    sd_tensor *t = sd_tensor_new(g, ndim, shape);
+    if (!t) return NULL;
+    t->op = op;
+    t->is_leaf = false;
+    for (int i = 0; i < n_src && i < SD_MAX_SRC; i++) t->src[i] = srcs[i];
+    if (needs_grad) {
+        t->requires_grad = true;
+        t->backward = backward;
+        if (!push_ptr(&g->tape, &g->n_tape, &g->cap_tape, t)) {
+            g->status = SD_ERR_NOMEM;
+            return NULL;
+        }
+    }
+    return t;
+}
+
+/* Arena leaves that need their gradient must be found by backward; they are
+ * exactly the requires_grad sources of recorded nodes that are not recorded
+ * themselves and whose grad is not caller-owned memory. */
+static sd_status collect_leaves(sd_graph *g, size_t end)
+{
+    g->n_leaves = 0;
+    for (size_t k = 0; k < end; k++) {
+        sd_tensor *t = g->tape[k];
+        for (int i = 0; i < SD_MAX_SRC; i++) {
+            sd_tensor *s = t->src[i];
+            if (!s || !s->requires_grad || s->backward) continue;
+            if (s->grad && !s->grad_in_arena) continue; /* caller-owned */
+            bool seen = false;
+            for (size_t j = 0; j < g->n_leaves; j++) seen |= g->grad_leaves[j] == s;
+            if (!seen && !push_ptr(&g->grad_leaves, &g->n_leaves, &g->cap_leaves, s))
+                return SD_ERR_NOMEM;
+        }
+    }
+    return SD_OK;
+}
+
+static sd_status ensure_zero_grad(sd_graph *g, sd_tensor *t)
+{
+    if (!t->grad) {
+        t->grad = sd_graph_alloc_floats(g, t->numel);
+        if (!t->grad) return sd_error(SD_ERR_NOMEM, "backward: out of memory for gradients");
+    }
+    memset(t->grad, 0, t->numel * sizeof(float));
+    return SD_OK;
+}
+
+sd_status sd_graph_backward(sd_graph *g, sd_tensor *out, const float *cotangent)
+{
+    if (!out) return sd_error(SD_ERR_INVALID, "backward: NULL output (an op failed: %s)", sd_error_message());
+    if (g->status != SD_OK)
+        return sd_error(g->status, "backward: the graph holds a failed op: %s", sd_error_message());
+    if (!out->backward)
+        return sd_error(SD_ERR_INVALID,
+                        "backward: output '%s' was not recorded (no input requires a gradient, or "
+                        "gradients were disabled)", out->op ? out->op : "leaf");
+    size_t end = g->n_tape;
+    while (end > 0 && g->tape[end - 1] != out) end--;
+    if (end == 0) return sd_error(SD_ERR_INVALID, "backward: output is not on this graph's tape");
+
+    sd_status st = collect_leaves(g, end);
+    if (st != SD_OK) return sd_error(st, "backward: out of memory");
+    /* Arena leaves get zeroed arena gradients; wrapped parameters (grad memory
+     * owned by the caller) are accumulated into. */
+    for (size_t j = 0; j < g->n_leaves; j++) {
+        sd_tensor *s = g->grad_leaves[j];
+        if (!s->grad || s->grad_in_arena) {
+            st = ensure_zero_grad(g, s);
+            if (st != SD_OK) return st;
+            s->grad_in_arena = true;
+        }
+    }
+    for (size_t k = 0; k < end; k++) {
+        st = ensure_zero_grad(g, g->tape[k]);
+        if (st != SD_OK) return st;
+    }
+    if (cotangent) {
+        memcpy(out->grad, cotangent, out->numel * sizeof(float));
+    } else {
+        for (size_t i = 0; i < out->numel; i++) out->grad[i] = 1.0f;
+    }
+    for (size_t k = end; k-- > 0;) {
+        sd_tensor *t = g->tape[k];
+        st = t->backward(g, t);
+        if (st != SD_OK) return st;
+    }
+    return SD_OK;
+}
+
+static int sd_num_threads = 1;
+
+void sd_threads_init(int n)
+{
+    if (n <= 0) n = omp_get_num_procs();
+    sd_num_threads = n;
+    omp_set_num_threads(n);
+    /* Our parallel loops call sgemm from inside OpenMP regions; a multi-
+     * threaded OpenBLAS there would oversubscribe the cores. */
+    openblas_set_num_threads(1);
+}
+
+int sd_threads_get(void) { return sd_num_threads; }

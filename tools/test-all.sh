@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds scorediff twice (release, and ASan+UBSan) and runs the whole test
+# suite in both. This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install-deps.sh
+
+jobs=$(nproc)
+run_suite() {
+  local dir=$1; shift
+  if [ -d "$dir" ]; then meson setup --wipe "$dir" "$@" >/dev/null; else meson setup "$dir" "$@" >/dev/null; fi
+  ninja -C "$dir" -j "$jobs"
+  meson test -C "$dir" --print-errorlogs --num-processes 1
+}
+
+echo "== release build"
+run_suite build-release --buildtype=release
+
+echo "== ASan + UBSan build"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+run_suite build-asan --buildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false
+
+echo "== all tests passed (release and ASan+UBSan)"
