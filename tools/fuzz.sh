@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# fuzz.sh - build one libFuzzer harness and run it for a bounded time.
+#
+#   tools/fuzz.sh HARNESS [SECONDS]      e.g. tools/fuzz.sh safetensors 600
+#   tools/fuzz.sh --list
+#
+# Each harness is compiled with clang -fsanitize=fuzzer,address,undefined
+# directly from its sources (not through meson) into a separate build dir,
+# $FUZZ_BUILD_DIR (default: build-fuzz/ at the repository root, git-ignored).
+# The committed seeds in tests/fuzz/corpus/HARNESS/ are read only; new inputs
+# go to $FUZZ_BUILD_DIR/corpus-HARNESS/, crashes to
+# $FUZZ_BUILD_DIR/artifacts-HARNESS/. Prints the number of executions; exits
+# non-zero if the fuzzer found a crash, leak, sanitizer report or timeout.
+#
+# Adding a harness: one case below setting `srcs` (harness + library sources
+# it needs, relative to the root), `libs` (pkg-config packages) and optionally
+# `dict` (a libFuzzer dictionary).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+harnesses="safetensors"
+
+usage() {
+    echo "usage: $0 HARNESS [SECONDS]   (harnesses: $harnesses)" >&2
+    exit 2
+}
+
+[ $# -ge 1 ] || usage
+name=$1
+secs=${2:-60}
+[ "$name" = "--list" ] && { echo "$harnesses"; exit 0; }
+[[ "$secs" =~ ^[0-9]+$ ]] || usage
+
+dict=""
+case "$name" in
+safetensors)
+    srcs="tests/fuzz/fuzz_safetensors.c lib/safetensors.c lib/status.c"
+    libs="libcjson"
+    dict="tests/fuzz/safetensors.dict"
+    ;;
+*)
+    echo "$0: unknown harness '$name'" >&2
+    usage
+    ;;
+esac
+
+out=${FUZZ_BUILD_DIR:-$root/build-fuzz}
+mkdir -p "$out/corpus-$name" "$out/artifacts-$name"
+seeds="$root/tests/fuzz/corpus/$name"
+bin="$out/fuzz_$name"
+
+cd "$root"
+# shellcheck disable=SC2086,SC2046 # word splitting of the source and flag lists is intended
+clang -std=c11 -g -O1 -fno-omit-frame-pointer \
+    -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+    -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ilib/include \
+    $srcs $(pkg-config --cflags --libs $libs) -lm -o "$bin"
+
+args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1
+      -artifact_prefix="$out/artifacts-$name/")
+[ -n "$dict" ] && args+=(-dict="$root/$dict")
+corpora=("$out/corpus-$name")
+[ -d "$seeds" ] && corpora+=("$seeds")
+
+log="$out/fuzz_$name.log"
+status=0
+"$bin" "${args[@]}" "${corpora[@]}" >"$log" 2>&1 || status=$?
+execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+tail -n 4 "$log" | grep -v '^stat::' || true
+echo "fuzz $name: ${execs:-0} executions in ${secs}s, corpus $(find "$out/corpus-$name" -type f | wc -l) files, log $log"
+if [ "$status" -ne 0 ]; then
+    echo "fuzz $name: FAILED (exit $status); artifacts in $out/artifacts-$name/" >&2
+    grep -m 5 -E 'ERROR|SUMMARY|Test unit written' "$log" >&2 || true
+    exit "$status"
+fi
