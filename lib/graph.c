@@ -254,8 +254,9 @@ bool sd_same_shape(const sd_tensor *a, const sd_tensor *b)
     return true;
 }
 
-sd_tensor *sd__op_output(sd_graph *g, const char *op, int ndim, const int *shape,
-                         sd_backward_fn backward, int n_src, sd_tensor *const *srcs)
+static sd_tensor *op_output_impl(sd_graph *g, const char *op, int ndim, const int *shape,
+                                 float *view, sd_backward_fn backward, int n_src,
+                                 sd_tensor *const *srcs)
 {
     if (g->status != SD_OK && g->status != SD_ERR_INVALID && g->status != SD_ERR_NUMERIC) {
         /* Out of memory earlier in this step: do not pile up more failures. */
@@ -265,8 +266,9 @@ sd_tensor *sd__op_output(sd_graph *g, const char *op, int ndim, const int *shape
     if (g->grad_enabled && backward)
         for (int i = 0; i < n_src; i++)
             if (srcs[i] && srcs[i]->requires_grad) needs_grad = true;
-    sd_tensor *t = sd_tensor_new(g, ndim, shape);
+    sd_tensor *t = view ? tensor_header(g, ndim, shape) : sd_tensor_new(g, ndim, shape);
     if (!t) return NULL;
+    if (view) t->data = view;
     t->op = op;
     t->is_leaf = false;
     for (int i = 0; i < n_src && i < SD_MAX_SRC; i++) t->src[i] = srcs[i];
@@ -279,6 +281,18 @@ sd_tensor *sd__op_output(sd_graph *g, const char *op, int ndim, const int *shape
         }
     }
     return t;
+}
+
+sd_tensor *sd__op_output(sd_graph *g, const char *op, int ndim, const int *shape,
+                         sd_backward_fn backward, int n_src, sd_tensor *const *srcs)
+{
+    return op_output_impl(g, op, ndim, shape, NULL, backward, n_src, srcs);
+}
+
+sd_tensor *sd__op_view(sd_graph *g, const char *op, int ndim, const int *shape, float *data,
+                       sd_backward_fn backward, int n_src, sd_tensor *const *srcs)
+{
+    return op_output_impl(g, op, ndim, shape, data, backward, n_src, srcs);
 }
 
 /* Arena leaves that need their gradient must be found by backward; they are
@@ -358,7 +372,7 @@ static int sd_num_threads = 1;
 
 void sd_threads_init(int n)
 {
-    if (n <= 0) n = omp_get_num_procs();
+    if (n <= 0) n = omp_get_max_threads(); /* honours OMP_NUM_THREADS */
     sd_num_threads = n;
     omp_set_num_threads(n);
     /* Our parallel loops call sgemm from inside OpenMP regions; a multi-

@@ -133,6 +133,10 @@ sd_status sd_graph_backward(sd_graph *g, sd_tensor *out, const float *cotangent)
  * on failure. */
 sd_tensor *sd__op_output(sd_graph *g, const char *op, int ndim, const int *shape,
                          sd_backward_fn backward, int n_src, sd_tensor *const *srcs);
+/* As sd__op_output, but the output shares `data` (numel floats) with a source
+ * instead of allocating: views such as reshape. */
+sd_tensor *sd__op_view(sd_graph *g, const char *op, int ndim, const int *shape, float *data,
+                       sd_backward_fn backward, int n_src, sd_tensor *const *srcs);
 /* Record a failure of op `op` in the sticky status and the message; returns NULL. */
 sd_tensor *sd__op_fail(sd_graph *g, sd_status st, const char *fmt, ...)
 #if defined(__GNUC__)

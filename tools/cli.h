@@ -1,0 +1,69 @@
+/* cli.h - shared pieces of the scorediff command-line program: command
+ * dispatch, option parsing helpers, progress display, error reporting.
+ *
+ * Conventions for every command (tools/cmd_<name>.c):
+ *   - `int sd_cmd_<name>(int argc, char **argv)` with argv[0] the command name;
+ *     returns the process exit code: 0 success, 1 runtime failure, 2 bad usage
+ *     or bad input (a clear one-line message naming the file and the problem).
+ *   - `--help` prints usage to stdout and returns 0.
+ *   - Errors go through cli_fail(), which prints "scorediff <cmd>: <message>".
+ *   - Long work shows progress on stderr through cli_progress_*.
+ */
+#ifndef SD_CLI_H
+#define SD_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "sd/status.h"
+
+int sd_cmd_train(int argc, char **argv);
+int sd_cmd_sample(int argc, char **argv);
+int sd_cmd_loglik(int argc, char **argv);
+int sd_cmd_convert_idx(int argc, char **argv);
+int sd_cmd_info(int argc, char **argv);
+int sd_cmd_demo(int argc, char **argv);
+
+/* Print "scorediff <cmd>: <formatted message>\n" to stderr; returns `code`. */
+int cli_fail(const char *cmd, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* Exit code for a library status: 2 for bad input (INVALID, FORMAT, IO), 1 otherwise. */
+int cli_exit_code(sd_status st);
+
+/* Strict number parsing for option values; on failure print an error naming
+ * the option and return false. */
+bool cli_parse_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi,
+                   long long *out);
+bool cli_parse_double(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                      double *out);
+/* If argv[*i] equals `name`, take its value (argv[*i + 1]) into *val, advance
+ * *i and return true; a missing value prints an error and sets *err. */
+bool cli_opt(int argc, char **argv, int *i, const char *name, const char **val, bool *err,
+             const char *cmd);
+
+/* Progress: redrawn in place on a terminal, one line every `interval_s`
+ * seconds otherwise (logs). `extra` is appended (e.g. "loss 0.1234"). */
+typedef struct cli_progress {
+    const char *label;
+    int64_t total;
+    double start, last_print;
+    bool tty;
+    double interval_s;
+    int64_t first; /* progress already done at start (resume), excluded from the rate */
+    const char *unit; /* "it/s", "img/s", ... per unit of `done` */
+    double unit_scale; /* units per step (e.g. batch size for img/s) */
+} cli_progress;
+void cli_progress_start(cli_progress *p, const char *label, int64_t total, int64_t first,
+                        const char *unit, double unit_scale);
+void cli_progress_update(cli_progress *p, int64_t done, const char *extra, bool force);
+void cli_progress_end(cli_progress *p, int64_t done, const char *extra);
+double cli_now(void); /* monotonic seconds */
+
+/* Ensure a directory exists (mkdir -p semantics for one level). */
+sd_status cli_mkdir(const char *path);
+
+#endif

@@ -1,0 +1,73 @@
+/* scorediff.c - the command-line program: dispatch to tools/cmd_<name>.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "sd/tensor.h"
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"train", sd_cmd_train, "train a score model on an image folder or a CSV file"},
+    {"sample", sd_cmd_sample, "draw samples from a trained model or an analytic mixture"},
+    {"loglik", sd_cmd_loglik, "estimate log-likelihoods / bits per dimension"},
+    {"convert-idx", sd_cmd_convert_idx, "write (Fashion-)MNIST IDX files as a PNG folder"},
+    {"info", sd_cmd_info, "describe a checkpoint"},
+    {"demo", sd_cmd_demo, "the quick-start job: train, sample and report bits/dim"},
+};
+
+/* Commands whose module is not linked into this build (during development a
+ * command lands in its own tools/cmd_<name>.c) say so instead of failing to
+ * link. */
+#define SD_MISSING_COMMAND(fn, name)                                                   \
+    __attribute__((weak)) int fn(int argc, char **argv)                                \
+    {                                                                                  \
+        (void)argc;                                                                    \
+        (void)argv;                                                                    \
+        return cli_fail(name, 2, "this command is not available in this build yet");   \
+    }
+SD_MISSING_COMMAND(sd_cmd_train, "train")
+SD_MISSING_COMMAND(sd_cmd_sample, "sample")
+SD_MISSING_COMMAND(sd_cmd_loglik, "loglik")
+SD_MISSING_COMMAND(sd_cmd_convert_idx, "convert-idx")
+SD_MISSING_COMMAND(sd_cmd_info, "info")
+SD_MISSING_COMMAND(sd_cmd_demo, "demo")
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: scorediff <command> [options]   (scorediff <command> --help)\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nGlobal environment: OMP_NUM_THREADS sets the worker threads (default: all "
+               "cores).\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("scorediff 0.1.0\n");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            sd_threads_init(0);
+            return commands[i].run(argc - 1, argv + 1);
+        }
+    fprintf(stderr, "scorediff: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
