@@ -1,0 +1,372 @@
+/* test_conv.c - sd_conv2d (lib/ops_conv.c): gradients, values, threads, errors.
+ *
+ * Shapes are chosen to reach every code path of the im2col kernel: one image
+ * per GEMM (Ho*Wo >= 256), several images per GEMM (small outputs, including
+ * a short last chunk), the 1x1 direct path (no im2col) and its gathered
+ * variant, stride 2 with padding on odd sizes, 5x5 kernels, Cin = 1.
+ */
+#include <check.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gradcheck.h"
+#include "sd/ops.h"
+
+typedef struct conv_case {
+    int N, Cin, Cout, H, W, K, stride, pad;
+    bool bias;
+} conv_case;
+
+static sd_tensor *build_conv(sd_graph *g, sd_tensor **in, void *ctx)
+{
+    const conv_case *c = ctx;
+    return sd_conv2d(g, in[0], in[1], c->bias ? in[2] : NULL, c->stride, c->pad);
+}
+
+/* Gradient check of x, w (and b) for one case; x_grad false holds x fixed
+ * (the backward then skips dx entirely). */
+static gc_result check_case(const conv_case *c, bool x_grad)
+{
+    gc_input in[3] = {
+        {4, {c->N, c->Cin, c->H, c->W}, -1.0f, 1.0f, 0.0f, !x_grad},
+        {4, {c->Cout, c->Cin, c->K, c->K}, -0.5f, 0.5f, 0.0f, false},
+        {1, {c->Cout}, -0.5f, 0.5f, 0.0f, false},
+    };
+    gc_options opt = {.max_probe = 48};
+    return gc_check(build_conv, (void *)c, c->bias ? 3 : 2, in, &opt);
+}
+
+START_TEST(test_grad_3x3_s1)
+{
+    conv_case c = {3, 5, 4, 7, 9, 3, 1, 1, true};
+    gc_result r = check_case(&c, true);
+    GC_ASSERT(r);
+}
+END_TEST
+
+START_TEST(test_grad_3x3_s2_odd)
+{
+    conv_case c = {3, 5, 4, 7, 9, 3, 2, 1, true};
+    gc_result r = check_case(&c, true);
+    GC_ASSERT(r);
+    conv_case even = {2, 5, 4, 8, 10, 3, 2, 1, true}; /* the Down layer shape */
+    r = check_case(&even, true);
+    GC_ASSERT(r);
+}
+END_TEST
+
+START_TEST(test_grad_1x1)
+{
+    /* 17x19 = 323 outputs: one image per GEMM, the direct path (col = x). */
+    conv_case direct = {3, 5, 4, 17, 19, 1, 1, 0, true};
+    gc_result r = check_case(&direct, true);
+    GC_ASSERT(r);
+    /* 7x9: the images are gathered side by side into one GEMM. */
+    conv_case gathered = {3, 5, 4, 7, 9, 1, 1, 0, true};
+    r = check_case(&gathered, true);
+    GC_ASSERT(r);
+}
+END_TEST
+
+START_TEST(test_grad_5x5_pad2)
+{
+    conv_case c = {3, 3, 5, 9, 7, 5, 1, 2, true};
+    gc_result r = check_case(&c, true);
+    GC_ASSERT(r);
+}
+END_TEST
+
+START_TEST(test_grad_no_bias)
+{
+    conv_case c = {3, 5, 4, 7, 9, 3, 1, 1, false};
+    gc_result r = check_case(&c, true);
+    GC_ASSERT(r);
+}
+END_TEST
+
+START_TEST(test_grad_cin1)
+{
+    /* Cin << Cout: dx goes through w^T dy and col2im (stride 1 and 2). */
+    conv_case c = {3, 1, 5, 9, 7, 3, 1, 1, true};
+    gc_result r = check_case(&c, true);
+    GC_ASSERT(r);
+    conv_case s2 = {3, 1, 4, 7, 9, 3, 2, 1, true};
+    r = check_case(&s2, true);
+    GC_ASSERT(r);
+}
+END_TEST
+
+START_TEST(test_grad_several_chunks)
+{
+    /* 7x7 outputs: 8 images per GEMM (SD_CONV_MIN_COLS = 392), so N = 9 is
+     * a full and a 1-image chunk; 17x17 stride 2 pad 0 (8x8 = 64 outputs, 7
+     * images per GEMM): 7 + 2. */
+    conv_case c = {9, 3, 4, 7, 7, 3, 1, 1, true};
+    gc_result r = check_case(&c, true);
+    GC_ASSERT(r);
+    conv_case s2 = {9, 2, 3, 17, 17, 3, 2, 0, true};
+    r = check_case(&s2, true);
+    GC_ASSERT(r);
+    /* Stride 3 and a 5x5 stride 2 kernel on phase planes of odd sizes. */
+    conv_case s3 = {2, 3, 4, 10, 11, 3, 3, 1, true};
+    r = check_case(&s3, true);
+    GC_ASSERT(r);
+    conv_case k5s2 = {2, 3, 2, 9, 7, 5, 2, 2, true};
+    r = check_case(&k5s2, true);
+    GC_ASSERT(r);
+}
+END_TEST
+
+START_TEST(test_grad_x_constant)
+{
+    /* x without a gradient: only dw and db are computed. */
+    conv_case c = {3, 5, 4, 7, 9, 3, 2, 1, true};
+    gc_result r = check_case(&c, false);
+    GC_ASSERT(r);
+}
+END_TEST
+
+/* ---- forward values against a naive 7-loop reference in double --------- */
+
+static unsigned lcg(unsigned *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return *s >> 8;
+}
+
+static void fill(float *p, size_t n, unsigned *s)
+{
+    for (size_t i = 0; i < n; i++) p[i] = 2.0f * (float)lcg(s) / (float)(1u << 24) - 1.0f;
+}
+
+static void naive_conv(const conv_case *c, const float *x, const float *w, const float *b,
+                       double *y, int Ho, int Wo)
+{
+    for (int n = 0; n < c->N; n++)
+        for (int co = 0; co < c->Cout; co++)
+            for (int oy = 0; oy < Ho; oy++)
+                for (int ox = 0; ox < Wo; ox++) {
+                    double acc = b ? b[co] : 0.0;
+                    for (int ci = 0; ci < c->Cin; ci++)
+                        for (int ki = 0; ki < c->K; ki++)
+                            for (int kj = 0; kj < c->K; kj++) {
+                                int iy = oy * c->stride - c->pad + ki;
+                                int ix = ox * c->stride - c->pad + kj;
+                                if (iy < 0 || iy >= c->H || ix < 0 || ix >= c->W) continue;
+                                acc += (double)x[((n * c->Cin + ci) * c->H + iy) * c->W + ix] *
+                                       w[((co * c->Cin + ci) * c->K + ki) * c->K + kj];
+                            }
+                    y[((n * c->Cout + co) * Ho + oy) * Wo + ox] = acc;
+                }
+}
+
+static const conv_case forward_cases[] = {
+    {3, 5, 4, 7, 9, 3, 1, 1, true},     {3, 5, 4, 7, 9, 3, 2, 1, true},
+    {2, 6, 3, 17, 19, 1, 1, 0, false},  {3, 6, 3, 7, 9, 1, 1, 0, true},
+    {2, 3, 5, 9, 7, 5, 1, 2, true},     {4, 1, 6, 9, 11, 3, 1, 1, true},
+    {9, 8, 7, 7, 7, 3, 1, 1, false},    {3, 4, 4, 20, 20, 3, 2, 1, true},
+    {2, 3, 2, 6, 5, 4, 3, 0, true},     {2, 2, 3, 5, 5, 3, 1, 3, true},
+    {2, 16, 12, 28, 28, 3, 1, 1, true}, {2, 3, 4, 10, 11, 3, 3, 1, true},
+    {2, 3, 4, 9, 10, 5, 2, 2, true},    {2, 3, 4, 8, 8, 2, 2, 0, true},
+};
+
+START_TEST(test_forward_reference)
+{
+    const conv_case *c = &forward_cases[_i];
+    unsigned seed = 7u + (unsigned)_i;
+    int Ho = (c->H + 2 * c->pad - c->K) / c->stride + 1,
+        Wo = (c->W + 2 * c->pad - c->K) / c->stride + 1;
+    size_t nx = (size_t)c->N * c->Cin * c->H * c->W, nw = (size_t)c->Cout * c->Cin * c->K * c->K;
+    size_t ny = (size_t)c->N * c->Cout * Ho * Wo;
+    float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w),
+          *b = malloc(c->Cout * sizeof *b);
+    double *ref = malloc(ny * sizeof *ref);
+    fill(x, nx, &seed);
+    fill(w, nw, &seed);
+    fill(b, (size_t)c->Cout, &seed);
+    naive_conv(c, x, w, c->bias ? b : NULL, ref, Ho, Wo);
+
+    sd_graph *g = sd_graph_new();
+    sd_tensor *tx = sd_tensor_wrap(g, 4, (int[]){c->N, c->Cin, c->H, c->W}, x, NULL);
+    sd_tensor *tw = sd_tensor_wrap(g, 4, (int[]){c->Cout, c->Cin, c->K, c->K}, w, NULL);
+    sd_tensor *tb = sd_tensor_wrap(g, 1, (int[]){c->Cout}, b, NULL);
+    sd_tensor *y = sd_conv2d(g, tx, tw, c->bias ? tb : NULL, c->stride, c->pad);
+    ck_assert_msg(y != NULL, "%s", sd_error_message());
+    ck_assert_int_eq(y->ndim, 4);
+    ck_assert_int_eq(y->shape[0], c->N);
+    ck_assert_int_eq(y->shape[1], c->Cout);
+    ck_assert_int_eq(y->shape[2], Ho);
+    ck_assert_int_eq(y->shape[3], Wo);
+    ck_assert(y->backward == NULL); /* nothing requires grad: not recorded */
+    for (size_t i = 0; i < ny; i++)
+        ck_assert_msg(fabs(y->data[i] - ref[i]) <= 1e-4 * (fabs(ref[i]) + 1.0),
+                      "case %d elem %zu: %g vs %g", _i, i, (double)y->data[i], ref[i]);
+    sd_graph_free(g);
+    free(x), free(w), free(b), free(ref);
+}
+END_TEST
+
+/* ---- identical results with 1 and 2 threads ------------------------------ */
+
+typedef struct run_out {
+    float *y, *dx, *dw, *db;
+    size_t ny, nx, nw;
+} run_out;
+
+static run_out run_threads(const conv_case *c, int threads)
+{
+    unsigned seed = 99;
+    int Ho = (c->H + 2 * c->pad - c->K) / c->stride + 1,
+        Wo = (c->W + 2 * c->pad - c->K) / c->stride + 1;
+    run_out r;
+    r.nx = (size_t)c->N * c->Cin * c->H * c->W;
+    r.nw = (size_t)c->Cout * c->Cin * c->K * c->K;
+    r.ny = (size_t)c->N * c->Cout * Ho * Wo;
+    float *x = malloc(r.nx * sizeof *x), *w = malloc(r.nw * sizeof *w),
+          *b = malloc(c->Cout * sizeof *b);
+    float *cot = malloc(r.ny * sizeof *cot);
+    fill(x, r.nx, &seed);
+    fill(w, r.nw, &seed);
+    fill(b, (size_t)c->Cout, &seed);
+    fill(cot, r.ny, &seed);
+    r.y = malloc(r.ny * sizeof *r.y);
+    r.dx = calloc(r.nx, sizeof *r.dx);
+    r.dw = calloc(r.nw, sizeof *r.dw);
+    r.db = calloc((size_t)c->Cout, sizeof *r.db);
+
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    sd_graph *g = sd_graph_new();
+    sd_tensor *tx = sd_tensor_wrap(g, 4, (int[]){c->N, c->Cin, c->H, c->W}, x, r.dx);
+    sd_tensor *tw = sd_tensor_wrap(g, 4, (int[]){c->Cout, c->Cin, c->K, c->K}, w, r.dw);
+    sd_tensor *tb = sd_tensor_wrap(g, 1, (int[]){c->Cout}, b, r.db);
+    sd_tensor *y = sd_conv2d(g, tx, tw, tb, c->stride, c->pad);
+    ck_assert_msg(y != NULL, "%s", sd_error_message());
+    memcpy(r.y, y->data, r.ny * sizeof *r.y);
+    ck_assert_int_eq(sd_graph_backward(g, y, cot), SD_OK);
+    sd_graph_free(g);
+    omp_set_num_threads(saved);
+    free(x), free(w), free(b), free(cot);
+    return r;
+}
+
+static void run_free(run_out *r) { free(r->y), free(r->dx), free(r->dw), free(r->db); }
+
+static const conv_case thread_cases[] = {
+    {8, 16, 16, 17, 15, 3, 1, 1, true},  /* one image per GEMM, transposed dx */
+    {16, 32, 32, 7, 7, 3, 1, 1, true},   /* several images per GEMM */
+    {20, 24, 16, 14, 14, 3, 2, 1, true}, /* stride 2 on phase planes, chunks 8+8+4 */
+    {12, 32, 16, 16, 16, 1, 1, 0, true}, /* 1x1 direct */
+    {9, 4, 24, 15, 15, 3, 1, 1, true},   /* Cin << Cout: dx by w^T dy and col2im */
+    {7, 16, 16, 15, 13, 3, 1, 0, true},  /* no padding: the generic (row) im2col */
+    {1, 32, 32, 28, 28, 3, 1, 1, true},  /* a single image: one chunk, one thread */
+};
+
+START_TEST(test_threads_identical)
+{
+    const conv_case *c = &thread_cases[_i];
+    run_out a = run_threads(c, 1), b = run_threads(c, 2);
+    ck_assert_msg(memcmp(a.y, b.y, a.ny * sizeof(float)) == 0, "case %d: y differs", _i);
+    ck_assert_msg(memcmp(a.dx, b.dx, a.nx * sizeof(float)) == 0, "case %d: dx differs", _i);
+    ck_assert_msg(memcmp(a.dw, b.dw, a.nw * sizeof(float)) == 0, "case %d: dw differs", _i);
+    ck_assert_msg(memcmp(a.db, b.db, (size_t)c->Cout * sizeof(float)) == 0, "case %d: db differs",
+                  _i);
+    run_free(&a);
+    run_free(&b);
+}
+END_TEST
+
+/* ---- a repeated training step allocates nothing ------------------------- */
+
+START_TEST(test_arena_reuse)
+{
+    float x[2 * 3 * 9 * 9], w[4 * 3 * 3 * 3], dw[4 * 3 * 3 * 3] = {0};
+    unsigned seed = 3;
+    fill(x, sizeof x / sizeof *x, &seed);
+    fill(w, sizeof w / sizeof *w, &seed);
+    sd_graph *g = sd_graph_new();
+    uint64_t before = 0;
+    for (int step = 0; step < 3; step++) {
+        if (step == 1) before = sd_alloc_count();
+        sd_graph_reset(g);
+        sd_tensor *tx = sd_tensor_wrap(g, 4, (int[]){2, 3, 9, 9}, x, NULL);
+        sd_tensor_requires_grad(tx);
+        sd_tensor *tw = sd_tensor_wrap(g, 4, (int[]){4, 3, 3, 3}, w, dw);
+        sd_tensor *y = sd_conv2d(g, tx, tw, NULL, 2, 1);
+        ck_assert_int_eq(sd_graph_backward(g, y, NULL), SD_OK);
+    }
+    ck_assert_uint_eq(sd_alloc_count(), before);
+    sd_graph_free(g);
+}
+END_TEST
+
+/* ---- error paths ---------------------------------------------------------- */
+
+static void expect_fail(sd_tensor *t, const char *what)
+{
+    ck_assert_ptr_null(t);
+    ck_assert_ptr_nonnull(strstr(sd_error_message(), "conv2d"));
+    ck_assert_msg(strstr(sd_error_message(), what) != NULL, "message '%s' lacks '%s'",
+                  sd_error_message(), what);
+}
+
+START_TEST(test_errors)
+{
+    sd_graph *g = sd_graph_new();
+    sd_tensor *x = sd_tensor_zeros(g, 4, (int[]){2, 3, 5, 5});
+    sd_tensor *w = sd_tensor_zeros(g, 4, (int[]){4, 3, 3, 3});
+    sd_tensor *w2 = sd_tensor_zeros(g, 4, (int[]){4, 2, 3, 3});
+    sd_tensor *big = sd_tensor_zeros(g, 4, (int[]){4, 3, 9, 9});
+    sd_tensor *rect = sd_tensor_zeros(g, 4, (int[]){4, 3, 3, 2});
+    sd_tensor *b5 = sd_tensor_zeros(g, 1, (int[]){5});
+    sd_tensor *x3 = sd_tensor_zeros(g, 3, (int[]){3, 5, 5});
+    expect_fail(sd_conv2d(g, x, w2, NULL, 1, 1), "channels");
+    ck_assert_int_eq(sd_graph_status(g), SD_ERR_INVALID);
+    expect_fail(sd_conv2d(g, x, big, NULL, 1, 1), "larger than the padded input");
+    expect_fail(sd_conv2d(g, x, w, NULL, 0, 1), "stride 0");
+    expect_fail(sd_conv2d(g, x, w, NULL, 1, -1), "padding -1");
+    expect_fail(sd_conv2d(g, x, w, b5, 1, 1), "bias");
+    expect_fail(sd_conv2d(g, x3, w, NULL, 1, 1), "[3, 5, 5]");
+    expect_fail(sd_conv2d(g, x, rect, NULL, 1, 1), "square");
+    expect_fail(sd_conv2d(g, x, w, NULL, 1, 1 << 28), "too large");
+    /* The kernel fits once padded: 9 <= 5 + 2*2. */
+    ck_assert_ptr_nonnull(sd_conv2d(g, x, big, NULL, 1, 2));
+    /* NULL sources: NULL at once. */
+    ck_assert_ptr_null(sd_conv2d(g, NULL, w, NULL, 1, 1));
+    ck_assert_ptr_null(sd_conv2d(g, x, NULL, NULL, 1, 1));
+    sd_graph_free(g);
+}
+END_TEST
+
+int main(void)
+{
+    sd_threads_init(0); /* OMP_NUM_THREADS, and OpenBLAS pinned to one thread */
+    Suite *s = suite_create("conv");
+    TCase *tg = tcase_create("grad");
+    tcase_add_test(tg, test_grad_3x3_s1);
+    tcase_add_test(tg, test_grad_3x3_s2_odd);
+    tcase_add_test(tg, test_grad_1x1);
+    tcase_add_test(tg, test_grad_5x5_pad2);
+    tcase_add_test(tg, test_grad_no_bias);
+    tcase_add_test(tg, test_grad_cin1);
+    tcase_add_test(tg, test_grad_several_chunks);
+    tcase_add_test(tg, test_grad_x_constant);
+    tcase_set_timeout(tg, 240);
+    suite_add_tcase(s, tg);
+    TCase *tv = tcase_create("values");
+    tcase_add_loop_test(tv, test_forward_reference, 0,
+                        (int)(sizeof forward_cases / sizeof forward_cases[0]));
+    tcase_add_loop_test(tv, test_threads_identical, 0,
+                        (int)(sizeof thread_cases / sizeof thread_cases[0]));
+    tcase_add_test(tv, test_arena_reuse);
+    tcase_add_test(tv, test_errors);
+    tcase_set_timeout(tv, 240);
+    suite_add_tcase(s, tv);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
