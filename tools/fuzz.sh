@@ -18,7 +18,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-harnesses="safetensors"
+harnesses="safetensors image"
 
 usage() {
     echo "usage: $0 HARNESS [SECONDS]   (harnesses: $harnesses)" >&2
@@ -37,6 +37,10 @@ safetensors)
     srcs="tests/fuzz/fuzz_safetensors.c lib/safetensors.c lib/status.c"
     libs="libcjson"
     dict="tests/fuzz/safetensors.dict"
+    ;;
+image)
+    srcs="tests/fuzz/fuzz_image.c lib/stb_image_impl.c lib/data_image.c lib/data_csv.c lib/status.c"
+    libs="zlib"
     ;;
 *)
     echo "$0: unknown harness '$name'" >&2

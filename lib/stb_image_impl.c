@@ -1,0 +1,513 @@
+/* stb_image_impl.c - the one translation unit that compiles stb_image and
+ * stb_image_write (Debian's libstb-dev headers), hardened, behind sd/data.h.
+ *
+ * Why this file exists: stb_image has a long record of crashes on malformed
+ * files (e.g. CVE-2023-45661..45667, mostly in the GIF, TGA, HDR and PSD
+ * decoders). We therefore compile it ourselves with
+ *   - only the PNG, JPEG, BMP and PNM decoders (STBI_ONLY_*), no HDR/linear
+ *     float paths, no stdio (we read files ourselves with a size cap);
+ *   - STBI_MAX_DIMENSIONS = SD_IMAGE_MAX_SIDE so stb itself refuses huge
+ *     headers;
+ *   - all stb symbols static (STB_IMAGE_STATIC), so nothing else can call an
+ *     unhardened entry point or flip images on load;
+ * and we sniff the format from its magic bytes and validate the header with
+ * stbi_info plus our own pixel budget before a single pixel is decoded. The
+ * fuzz harness tests/fuzz/fuzz_image.c exercises sd_image_decode.
+ *
+ * Non-goals: animated images, 16-bit output (16-bit PNGs are reduced to 8
+ * bits by stb), colour management.
+ */
+#include "sd/data.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define STB_IMAGE_IMPLEMENTATION
+#define STB_IMAGE_STATIC
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
+#define STBI_ONLY_PNM
+#define STBI_NO_STDIO
+#define STBI_NO_LINEAR
+#define STBI_NO_HDR
+#define STBI_MAX_DIMENSIONS SD_IMAGE_MAX_SIDE
+/* Zeroed allocations. stb v2.27 mallocs its JPEG decoder state without
+ * clearing it, so a scan that uses a Huffman table the file never defined
+ * decodes through garbage tables (garbage symbol indices: out-of-bounds
+ * reads); it also fills component planes and progressive coefficients only
+ * where scans reach, so a corrupt file whose scans stop early would yield
+ * pixels computed from stale heap contents (different on every run, and a
+ * leak of memory into the data set). With calloc an undefined table is all
+ * zeros (every lookup stays in bounds) and such files decode
+ * deterministically. */
+#define STBI_MALLOC(sz) calloc(1, (sz))
+#define STBI_REALLOC(p, newsz) realloc((p), (newsz))
+#define STBI_FREE(p) free(p)
+
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#define STBI_WRITE_NO_STDIO
+
+/* PNG encoding deflates with zlib (which we link anyway) instead of
+ * stb_image_write's own compressor: several times faster and smaller files,
+ * which matters when converting 70000 Fashion-MNIST images. The result must
+ * be malloc()ed, since stb_image_write frees it with STBIW_FREE = free. */
+static unsigned char *sd__zlib_compress(unsigned char *data, int data_len, int *out_len,
+                                        int quality)
+{
+    (void)quality;
+    if (data_len < 0) return NULL;
+    uLongf cap = compressBound((uLong)data_len);
+    unsigned char *out = malloc(cap);
+    if (!out) return NULL;
+    if (compress2(out, &cap, data, (uLong)data_len, 6) != Z_OK || cap > INT_MAX) {
+        free(out);
+        return NULL;
+    }
+    *out_len = (int)cap;
+    return out;
+}
+#define STBIW_ZLIB_COMPRESS sd__zlib_compress
+#define STBIW_CRC32(buf, len) ((unsigned int)crc32(0, (buf), (uInt)(len)))
+
+/* stb is third-party code: silence its warnings here only, so that our own
+ * code keeps -Wall -Wextra -Wpedantic. -Wunused-function stays off for the
+ * whole file: GCC reports the static stb functions we never call (and a few
+ * declared but not defined in this configuration) at the end of the unit. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic ignored "-Wunused-but-set-variable"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wpedantic"
+#pragma GCC diagnostic ignored "-Wdouble-promotion"
+#pragma GCC diagnostic ignored "-Wconversion"
+#pragma GCC diagnostic ignored "-Wshadow"
+#pragma GCC diagnostic ignored "-Wcast-qual"
+#endif
+/* Two classes of undefined behaviour remain in stb v2.27's JPEG decoder on
+ * crafted files (v2.28 added checks for both), found by our fuzzer:
+ *   - DC predictors and dequantised coefficients overflow int. Harmless when
+ *     it wraps: the values only ever become pixel intensities, never sizes or
+ *     indices. GCC: this unit is compiled with wrapping signed arithmetic
+ *     (-fwrapv semantics), so it is defined.
+ *   - After a marker ends the entropy data early, code_bits goes negative and
+ *     stbi__grow_buffer_unsafe shifts by 32 or more. The value shifted is
+ *     then always the 0 it substitutes for missing data (nomore is set), so
+ *     the intended result is 0 whatever the shift does.
+ * Clang (fuzz builds) has no per-function -fwrapv: there stb's functions are
+ * exempted from exactly these two checks; every other sanitizer check still
+ * applies to them. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((no_sanitize("signed-integer-overflow", "shift-exponent"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC optimize("wrapv")
+#endif
+#include <stb/stb_image.h>
+#include <stb/stb_image_write.h>
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+typedef enum { FMT_NONE, FMT_PNG, FMT_JPEG, FMT_BMP, FMT_PNM } image_format;
+
+static const char *format_name(image_format f)
+{
+    switch (f) {
+    case FMT_PNG: return "PNG";
+    case FMT_JPEG: return "JPEG";
+    case FMT_BMP: return "BMP";
+    case FMT_PNM: return "PNM";
+    case FMT_NONE: break;
+    }
+    return "unknown";
+}
+
+/* The format from the magic bytes. stb picks its decoder by the same bytes
+ * (each other decoder rejects the file at its first bytes), so the structure
+ * check we run below is the one for the decoder stb will use. */
+static image_format sniff(const uint8_t *b, size_t len)
+{
+    static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    if (len >= 8 && memcmp(b, png_sig, 8) == 0) return FMT_PNG;
+    if (len >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) return FMT_JPEG;
+    if (len >= 2 && b[0] == 'B' && b[1] == 'M') return FMT_BMP;
+    if (len >= 2 && b[0] == 'P' && (b[1] == '5' || b[1] == '6')) return FMT_PNM;
+    return FMT_NONE;
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static int dims_ok(uint64_t w, uint64_t h)
+{
+    return w >= 1 && h >= 1 && w <= SD_IMAGE_MAX_SIDE && h <= SD_IMAGE_MAX_SIDE &&
+           w * h <= SD_IMAGE_MAX_PIXELS;
+}
+
+static sd_status too_large(image_format f, uint64_t w, uint64_t h)
+{
+    return sd_error(SD_ERR_FORMAT,
+                    "%s header claims %llu x %llu pixels (limit %d per side, %zu in total)",
+                    format_name(f), (unsigned long long)w, (unsigned long long)h,
+                    SD_IMAGE_MAX_SIDE, SD_IMAGE_MAX_PIXELS);
+}
+
+/* ---- Pre-decode structure checks ----
+ *
+ * Debian's stb_image is v2.27; fuzzing it (tests/fuzz/fuzz_image.c) finds
+ * bugs that v2.28 later fixed. We cannot patch the system header, so each
+ * check below walks the file exactly as stb's own parser would and rejects
+ * the inputs that reach a known bug, before stb sees them. Each walker is
+ * conservative: where it cannot follow stb precisely it inspects a superset
+ * of what stb would read, so it may reject an odd file stb would accept, but
+ * never accepts one that reaches the bug. */
+
+/* JPEG. stbi__build_huffman (v2.27) writes one code length per symbol into
+ * size[257] and DHT values into values[256] without checking that the 16
+ * counts sum to at most 256: a crafted DHT overflows the decoder struct
+ * (found by our fuzzer at once). We visit every marker stb could process:
+ * segments are skipped by their length, as stb consumes them (a length stb
+ * would not consume exactly makes stb fail at that segment); junk between
+ * segments is scanned for the next 0xFF, which is where stb resynchronises;
+ * entropy-coded data ends at the first 0xFF followed by neither 0x00 (byte
+ * stuffing), 0xFF (fill) nor RST0-7, and stb's bit reader never reads past
+ * that marker. A DHT is checked table by table like stbi__process_marker
+ * reads it. A file without any scan (SOS) is refused as well: stb would
+ * return an image that no data ever wrote. */
+static const char *jpeg_check(const uint8_t *b, size_t len)
+{
+    static const char *no_scan = "JPEG has no image data (no scan before its end)";
+    size_t pos = 2; /* after SOI */
+    int scans = 0;
+    for (;;) {
+        while (pos < len && b[pos] != 0xFF) pos++;
+        while (pos < len && b[pos] == 0xFF) pos++;
+        if (pos >= len) return scans ? NULL : no_scan; /* stb reads zeros at EOF */
+        uint8_t m = b[pos++];
+        if (m == 0xD9) return scans ? NULL : no_scan; /* EOI: stb stops */
+        if (m == 0x00 || m == 0x01 || m == 0xD8 || (m >= 0xD0 && m <= 0xD7))
+            continue;               /* no length; stb fails or stops here */
+        if (pos + 2 > len) return NULL;
+        size_t L = ((size_t)b[pos] << 8) | b[pos + 1];
+        if (L < 2) return "corrupt JPEG (segment length < 2)";
+        if (m == 0xC4) {
+            size_t p = pos + 2, rem = L - 2;
+            while (rem > 0) {
+                if (p + 17 > len || rem < 17) return "corrupt JPEG (truncated DHT)";
+                if ((b[p] >> 4) > 1 || (b[p] & 15) > 3) return "corrupt JPEG (bad DHT table id)";
+                size_t n = 0;
+                for (int i = 1; i <= 16; i++) n += b[p + (size_t)i];
+                if (n > 256) return "corrupt JPEG (DHT defines more than 256 codes)";
+                if (rem < 17 + n) return "corrupt JPEG (DHT longer than its segment)";
+                p += 17 + n;
+                rem -= 17 + n;
+            }
+        }
+        pos += L;
+        scans += m == 0xDA;
+        if (m == 0xDA) {
+            /* Entropy-coded data after the scan header. */
+            while (pos < len) {
+                if (b[pos] != 0xFF) {
+                    pos++;
+                    continue;
+                }
+                size_t q = pos + 1;
+                while (q < len && b[q] == 0xFF) q++;
+                if (q >= len) return NULL;
+                if (b[q] == 0x00 || (b[q] >= 0xD0 && b[q] <= 0xD7)) {
+                    pos = q + 1;
+                    continue;
+                }
+                break; /* a marker: the outer loop reads it from this 0xFF */
+            }
+        }
+    }
+}
+
+/* PNG. Three problems of stb v2.27 are screened here, visiting the chunks
+ * exactly as stbi__parse_png_file does (4-byte length, type, data, CRC):
+ *   - a zero-length first IDAT makes it compute idata + 0 on a NULL pointer
+ *     (undefined behaviour);
+ *   - it grows its IDAT buffer to the length a chunk *claims* before reading
+ *     it, so a 100-byte file can make it allocate 2 GiB: every chunk must fit
+ *     in the file (stb fails on any PNG truncated before IEND anyway);
+ *   - its inflater grows the output until 4 GiB, whatever the header says:
+ *     a small "zip bomb" PNG exhausts memory. We inflate the IDAT stream with
+ *     zlib first, discarding the output, and refuse more than twice the size
+ *     the IHDR implies (filter bytes and Adam7 passes add far less).
+ * Apple's CgBI variant (raw deflate) is refused rather than special-cased. */
+static const char *png_inflate_check(const uint8_t *b, size_t len, uint64_t limit)
+{
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    if (inflateInit(&zs) != Z_OK) return "out of memory (zlib)";
+    static _Thread_local uint8_t sink[1 << 16];
+    uint64_t total = 0;
+    const char *bad = NULL;
+    int done = 0;
+    for (size_t pos = 8; !done && !bad && pos + 12 <= len;) {
+        uint32_t clen = be32(b + pos);
+        if (memcmp(b + pos + 4, "IDAT", 4) == 0) {
+            zs.next_in = (Bytef *)(uintptr_t)(b + pos + 8);
+            zs.avail_in = clen;
+            while (zs.avail_in > 0) {
+                zs.next_out = sink;
+                zs.avail_out = sizeof sink;
+                int zr = inflate(&zs, Z_NO_FLUSH);
+                total += sizeof sink - zs.avail_out;
+                if (total > limit) {
+                    bad = "PNG image data inflates beyond the size its header declares";
+                    break;
+                }
+                if (zr == Z_STREAM_END) {
+                    done = 1;
+                    break;
+                }
+                if (zr != Z_OK) {
+                    done = 1; /* corrupt stream: stb's own error will say so */
+                    break;
+                }
+            }
+        }
+        pos += (size_t)clen + 12;
+    }
+    inflateEnd(&zs);
+    return bad;
+}
+
+static const char *png_check(const uint8_t *b, size_t len)
+{
+    size_t pos = 8;
+    int have_idat = 0;
+    uint64_t raw = 0;
+    while (pos + 8 <= len) {
+        uint32_t clen = be32(b + pos);
+        const uint8_t *type = b + pos + 4;
+        if ((uint64_t)clen + 12 > (uint64_t)(len - pos))
+            return "truncated PNG (a chunk runs past the end of the file)";
+        if (pos == 8) {
+            /* stb requires IHDR first; 13 bytes: w, h, depth, colour, ... */
+            if (memcmp(type, "IHDR", 4) != 0 || clen != 13) return "corrupt PNG (no IHDR first)";
+            const uint8_t *d = b + pos + 8;
+            static const int channels[7] = {1, 0, 3, 1, 2, 0, 4};
+            uint64_t w = be32(d), h = be32(d + 4), depth = d[8];
+            int ch = d[9] <= 6 ? channels[d[9]] : 0;
+            if (!dims_ok(w, h) || ch == 0 || depth == 0 || depth > 16)
+                return NULL; /* stb_info / our dims check give the reason */
+            raw = h * (1 + (w * depth * (uint64_t)ch + 7) / 8);
+        }
+        if (memcmp(type, "CgBI", 4) == 0) return "Apple CgBI PNG not supported";
+        if (memcmp(type, "IEND", 4) == 0) break;
+        if (memcmp(type, "IDAT", 4) == 0) {
+            if (clen == 0 && !have_idat) return "corrupt PNG (empty first IDAT chunk)";
+            have_idat |= clen > 0;
+        }
+        pos += (size_t)clen + 12;
+    }
+    return have_idat ? png_inflate_check(b, len, 2 * raw + 65536) : NULL;
+}
+
+/* PNM. stbi__pnm_getinteger (v2.27) overflows int on long digit runs, and
+ * stbi__pnm_load returns an uninitialised buffer when the pixel data is
+ * short (stbi__getn copies nothing). This replays stbi__pnm_info byte for
+ * byte (get8 yields 0 at EOF, as stb's does) and checks both. */
+typedef struct pnm_reader {
+    const uint8_t *b;
+    size_t len, pos;
+} pnm_reader;
+
+static int pnm_eof(const pnm_reader *r) { return r->pos >= r->len; }
+static char pnm_get8(pnm_reader *r) { return r->pos < r->len ? (char)r->b[r->pos++] : 0; }
+
+static int pnm_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r';
+}
+
+static void pnm_skip(pnm_reader *r, char *c)
+{
+    for (;;) {
+        while (!pnm_eof(r) && pnm_space(*c)) *c = pnm_get8(r);
+        if (pnm_eof(r) || *c != '#') break;
+        while (!pnm_eof(r) && *c != '\n' && *c != '\r') *c = pnm_get8(r);
+    }
+}
+
+/* -1 if stb's int accumulator would overflow. */
+static long pnm_int(pnm_reader *r, char *c)
+{
+    long v = 0;
+    while (!pnm_eof(r) && *c >= '0' && *c <= '9') {
+        v = v * 10 + (*c - '0');
+        if (v > INT_MAX) return -1;
+        *c = pnm_get8(r);
+    }
+    return v;
+}
+
+static const char *pnm_check(const uint8_t *b, size_t len)
+{
+    pnm_reader r = {b, len, 2};
+    int comp = b[1] == '6' ? 3 : 1;
+    char c = pnm_get8(&r);
+    pnm_skip(&r, &c);
+    long w = pnm_int(&r, &c);
+    pnm_skip(&r, &c);
+    long h = pnm_int(&r, &c);
+    pnm_skip(&r, &c);
+    long maxv = pnm_int(&r, &c);
+    if (w < 0 || h < 0 || maxv < 0) return "corrupt PNM header (number too large)";
+    if (maxv > 65535) return NULL; /* stb rejects it */
+    if (!dims_ok((uint64_t)w, (uint64_t)h)) return NULL; /* reported by the caller */
+    uint64_t need = (uint64_t)w * (uint64_t)h * (uint64_t)comp * (maxv > 255 ? 2u : 1u);
+    if (need > (uint64_t)(len - r.pos)) return "truncated PNM pixel data";
+    return NULL;
+}
+
+sd_status sd_image_decode(const uint8_t *buf, size_t len, sd_image *out)
+{
+    memset(out, 0, sizeof *out);
+    if (len == 0) return sd_error(SD_ERR_FORMAT, "empty file");
+    if (len > SD_IMAGE_MAX_FILE_BYTES || len > INT_MAX)
+        return sd_error(SD_ERR_FORMAT, "file of %zu bytes exceeds the %zu-byte limit",
+                        len, SD_IMAGE_MAX_FILE_BYTES);
+    image_format fmt = sniff(buf, len);
+    if (fmt == FMT_NONE) {
+        if (len >= 2 && buf[0] == 'P' && buf[1] >= '1' && buf[1] <= '7')
+            return sd_error(SD_ERR_FORMAT, "PNM variant P%c not supported (only binary P5/P6)",
+                            buf[1]);
+        return sd_error(SD_ERR_FORMAT, "not a PNG, JPEG, BMP or PNM image");
+    }
+
+    /* PNG: the IHDR chunk must come first (PNG spec 5.6), with the size at
+     * bytes 16..23. Reading it here gives a precise message for absurd
+     * headers; stb would reject them too (STBI_MAX_DIMENSIONS). */
+    if (fmt == FMT_PNG && len >= 24 && memcmp(buf + 12, "IHDR", 4) == 0) {
+        uint32_t pw = be32(buf + 16), ph = be32(buf + 20);
+        if (!dims_ok(pw, ph)) return too_large(fmt, pw, ph);
+    }
+
+    const char *bad = fmt == FMT_JPEG  ? jpeg_check(buf, len)
+                      : fmt == FMT_PNG ? png_check(buf, len)
+                      : fmt == FMT_PNM ? pnm_check(buf, len)
+                                       : NULL;
+    if (bad) return sd_error(SD_ERR_FORMAT, "%s", bad);
+
+    int w = 0, h = 0, comp = 0;
+    if (!stbi_info_from_memory(buf, (int)len, &w, &h, &comp))
+        return sd_error(SD_ERR_FORMAT, "corrupt %s header (or over %d pixels per side)",
+                        format_name(fmt), SD_IMAGE_MAX_SIDE);
+    if (w <= 0 || h <= 0 || !dims_ok((uint64_t)w, (uint64_t)h))
+        return too_large(fmt, (uint64_t)(w < 0 ? 0 : w), (uint64_t)(h < 0 ? 0 : h));
+    if (comp < 1 || comp > 4)
+        return sd_error(SD_ERR_FORMAT, "%s header has %d channels", format_name(fmt), comp);
+
+    int dw = 0, dh = 0, dcomp = 0;
+    uint8_t *px = stbi_load_from_memory(buf, (int)len, &dw, &dh, &dcomp, 0);
+    if (!px)
+        return sd_error(SD_ERR_FORMAT, "cannot decode %s: %s", format_name(fmt),
+                        stbi_failure_reason() ? stbi_failure_reason() : "unknown reason");
+    /* The decoder re-parses the header; insist it agrees with what we checked. */
+    if (dw != w || dh != h || dcomp < 1 || dcomp > 4) {
+        stbi_image_free(px);
+        return sd_error(SD_ERR_FORMAT, "%s decoder disagrees with its header (%dx%dx%d vs %dx%dx%d)",
+                        format_name(fmt), dw, dh, dcomp, w, h, comp);
+    }
+    out->w = dw;
+    out->h = dh;
+    out->comp = dcomp;
+    out->pixels = px;
+    return SD_OK;
+}
+
+void sd_image_free(sd_image *img)
+{
+    if (!img) return;
+    stbi_image_free(img->pixels);
+    memset(img, 0, sizeof *img);
+}
+
+/* Write all of buf to fd, retrying short writes and EINTR. */
+static int write_all(int fd, const uint8_t *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t k = write(fd, buf, len);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        buf += k;
+        len -= (size_t)k;
+    }
+    return 0;
+}
+
+sd_status sd_image_write_png(const char *path, int w, int h, int comp,
+                             const uint8_t *pixels)
+{
+    if (w < 1 || h < 1 || comp < 1 || comp > 4 || w > SD_IMAGE_MAX_SIDE ||
+        h > SD_IMAGE_MAX_SIDE || !pixels)
+        return sd_error(SD_ERR_INVALID, "%s: cannot write a %dx%dx%d image as PNG",
+                        path, w, h, comp);
+    int png_len = 0;
+    uint8_t *png = stbi_write_png_to_mem(pixels, w * comp, w, h, comp, &png_len);
+    if (!png || png_len <= 0) {
+        free(png);
+        return sd_error(SD_ERR_NOMEM, "%s: PNG encoding failed", path);
+    }
+
+    sd_status st = SD_OK;
+    size_t plen = strlen(path);
+    char *tmp = sd_malloc(plen + 16);
+    if (!tmp) {
+        free(png);
+        return SD_ERR_NOMEM;
+    }
+    /* Same directory as the target, so that rename() is atomic; the
+     * ".tmpXXXXXX" suffix is no image extension, so a crash leaves nothing
+     * the image loader would pick up. */
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".tmpXXXXXX", 11);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        st = sd_error(SD_ERR_IO, "%s: cannot create a temporary file: %s", path, strerror(errno));
+        goto done;
+    }
+    if (fchmod(fd, 0644) != 0 || write_all(fd, png, (size_t)png_len) != 0) {
+        st = sd_error(SD_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        goto done;
+    }
+    if (close(fd) != 0) {
+        st = sd_error(SD_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
+        unlink(tmp);
+        goto done;
+    }
+    if (rename(tmp, path) != 0) {
+        st = sd_error(SD_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+done:
+    sd_free(tmp);
+    free(png); /* stbi_write_png_to_mem allocates with STBIW_MALLOC = malloc */
+    return st;
+}
