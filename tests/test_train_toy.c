@@ -104,18 +104,20 @@ START_TEST(test_dsm_learns_mixture_score)
     /* Middle levels of the ladder: 4 and 5 (sigma 0.32 and 0.16), between the
      * component width (0.25) and the spacing of the ring (1.5). */
     double before = score_rel_error(m, truth, &sde, sd_sde_level_time(&sde, 4), data);
-    int steps = SANITIZED ? 300 : 12000;
+    int steps = SANITIZED ? 1500 : 12000;
     sd_train_config cfg = sd_train_config_default(&sde, steps, 1);
     cfg.lr = 3e-3f;
-    cfg.warmup = 200;
+    cfg.warmup = SANITIZED ? 100 : 200;
     cfg.cosine = true;
     cfg.ema_decay = SANITIZED ? 0.9f : 0.999f;
     train(m, data, &cfg, steps);
     ck_assert(before > 0.5); /* untrained: ~1 */
     for (int level = 4; level <= 5; level++) {
         double err = score_rel_error(m, truth, &sde, sd_sde_level_time(&sde, level), data);
-        /* The threshold: 0.1. Under sanitizers only "it learned". */
-        double limit = SANITIZED ? 0.9 * before : 0.1;
+        /* The issue's threshold: 0.1. Under sanitizers, 1500 steps: the error
+         * must at least have fallen well below the untrained ~1 (measured
+         * 0.52 / 0.62 in release with these settings). */
+        double limit = SANITIZED ? 0.8 * before : 0.1;
         ck_assert_msg(err < limit, "level %d: relative score error %g >= %g", level, err, limit);
     }
     sd_model_free(m);

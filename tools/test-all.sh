@@ -8,7 +8,9 @@ bash tools/install-deps.sh
 jobs=$(nproc)
 run_suite() {
   local dir=$1; shift
-  if [ -d "$dir" ]; then meson setup --wipe "$dir" "$@" >/dev/null; else meson setup "$dir" "$@" >/dev/null; fi
+  local log="$dir.setup.log"
+  if [ -d "$dir" ]; then set -- --wipe "$@"; fi
+  if ! meson setup "$dir" "$@" >"$log" 2>&1; then cat "$log"; return 1; fi
   ninja -C "$dir" -j "$jobs"
   meson test -C "$dir" --print-errorlogs --num-processes 1
 }
