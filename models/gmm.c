@@ -24,6 +24,13 @@ struct sd_gmm {
     double *pmean, *pchol, *plogdet;
     double *A, *Sigma, *tmp; /* D x D work */
     double *work;           /* per point: K*D + K + 2*D */
+    /* Second derivatives (sd_gmm_score_hessian / _hvp), allocated on first
+     * use: S_k^{-1} of the perturbed components at hinv_t, and per-point work
+     * d_k = S_k^{-1}(m_k - x) - s [K*D], r [K], u [D]. */
+    double *hinv, *hwork;
+    double hinv_t;
+    sd_sde hinv_sde;
+    int hinv_valid;
 };
 
 /* Lower Cholesky in place (row-major); on failure, message names the pivot. */
@@ -54,6 +61,8 @@ void sd_gmm_free(sd_gmm *g)
     sd_free(g->Sigma);
     sd_free(g->tmp);
     sd_free(g->work);
+    sd_free(g->hinv);
+    sd_free(g->hwork);
     sd_free(g);
 }
 
@@ -364,4 +373,142 @@ done:
     sd_free(text);
     fclose(f);
     return st;
+}
+
+/* ---- second derivatives (likelihood estimators) -------------------------- */
+
+/* Differentiating the score of gmm.h once more gives the Hessian of log p_t,
+ * i.e. the Jacobian of the score:
+ *     H = sum_k r_k (g_k g_k^T - S_k^{-1}) - s s^T,   g_k = -S_k^{-1}(x - A mu_k),
+ * with s = sum_k r_k g_k. Because sum_k r_k = 1 this equals the centred form
+ *     H = sum_k r_k (d_k d_k^T - S_k^{-1}),           d_k = g_k - s,
+ * which we use: it has no cancellation between g g^T and s s^T when one
+ * component dominates (a single Gaussian gives exactly -S^{-1}). */
+static sd_status hess_prepare(sd_gmm *g, const sd_sde *sde, double t, int need_inv)
+{
+    sd_status st = prepare(g, sde, t);
+    if (st != SD_OK) return st;
+    size_t K = (size_t)g->K, D = (size_t)g->D, DD = D * D;
+    if (!g->hwork) {
+        g->hwork = sd_malloc((K * D + K + 2 * D) * sizeof(double));
+        if (!g->hwork) return SD_ERR_NOMEM;
+    }
+    if (!need_inv ||
+        (g->hinv_valid && g->hinv_t == t && memcmp(&g->hinv_sde, sde, sizeof *sde) == 0))
+        return SD_OK;
+    if (!g->hinv) {
+        g->hinv = sd_malloc(K * DD * sizeof(double));
+        if (!g->hinv) return SD_ERR_NOMEM;
+    }
+    g->hinv_valid = 0;
+    for (size_t k = 0; k < K; k++) {
+        double *M = g->hinv + k * DD;
+        memcpy(M, g->pchol + k * DD, DD * sizeof(double));
+        /* S^{-1} from its Cholesky factor (lower triangle), then mirror. */
+        lapack_int info = LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'L', g->D, M, g->D);
+        if (info != 0)
+            return sd_error(SD_ERR_NUMERIC, "gmm: inverting component %zu failed (dpotri %d)", k,
+                            (int)info);
+        for (size_t i = 0; i < D; i++)
+            for (size_t j = i + 1; j < D; j++) M[i * D + j] = M[j * D + i];
+    }
+    g->hinv_t = t;
+    g->hinv_sde = *sde;
+    g->hinv_valid = 1;
+    return SD_OK;
+}
+
+/* One point: responsibilities r [K], score s [D] and centred directions
+ * d_k = g_k - s [K, D] (rows with r_k == 0 are left unset and skipped). */
+static void point_dirs(sd_gmm *g, const float *x, double *r, double *s, double *d)
+{
+    int K = g->K, D = g->D;
+    size_t DD = (size_t)D * D;
+    double *y = g->work, *lw = y + (size_t)K * D;
+    double logp = point_terms(g, x, y, lw);
+    for (int i = 0; i < D; i++) s[i] = 0.0;
+    for (int k = 0; k < K; k++) {
+        r[k] = exp(lw[k] - logp);
+        if (r[k] == 0.0) continue;
+        /* g_k = -S_k^{-1}(x - m_k) = -L^{-T} y_k: backward substitution */
+        const double *L = g->pchol + k * DD, *yk = y + (size_t)k * D;
+        double *dk = d + (size_t)k * D;
+        for (int i = D - 1; i >= 0; i--) {
+            double a = yk[i];
+            for (int j = i + 1; j < D; j++) a -= L[j * D + i] * dk[j];
+            dk[i] = a / L[i * D + i];
+        }
+        for (int i = 0; i < D; i++) {
+            dk[i] = -dk[i];
+            s[i] += r[k] * dk[i];
+        }
+    }
+    for (int k = 0; k < K; k++)
+        if (r[k] != 0.0)
+            for (int i = 0; i < D; i++) d[(size_t)k * D + i] -= s[i];
+}
+
+sd_status sd_gmm_score_hessian(sd_gmm *g, const sd_sde *sde, double t, const float *x,
+                               float *score, double *H, size_t n)
+{
+    sd_status st = hess_prepare(g, sde, t, 1);
+    if (st != SD_OK) return st;
+    int K = g->K, D = g->D;
+    size_t DD = (size_t)D * D;
+    double *d = g->hwork, *r = d + (size_t)K * D, *s = r + K;
+    for (size_t p = 0; p < n; p++) {
+        point_dirs(g, x + p * D, r, s, d);
+        double *Hp = H + p * DD;
+        for (size_t e = 0; e < DD; e++) Hp[e] = 0.0;
+        for (int k = 0; k < K; k++) {
+            if (r[k] == 0.0) continue;
+            const double *dk = d + (size_t)k * D, *Si = g->hinv + k * DD;
+            for (int i = 0; i < D; i++) {
+                double ri = r[k] * dk[i];
+                for (int j = 0; j < D; j++) Hp[i * D + j] += ri * dk[j] - r[k] * Si[i * D + j];
+            }
+        }
+        if (score)
+            for (int i = 0; i < D; i++) score[p * D + i] = (float)s[i];
+    }
+    return SD_OK;
+}
+
+sd_status sd_gmm_score_hvp(sd_gmm *g, const sd_sde *sde, double t, const float *x, size_t n,
+                           const float *v, int m, float *score, double *hv)
+{
+    sd_status st = hess_prepare(g, sde, t, 0);
+    if (st != SD_OK) return st;
+    int K = g->K, D = g->D;
+    size_t DD = (size_t)D * D;
+    double *d = g->hwork, *r = d + (size_t)K * D, *s = r + K, *u = s + D;
+    for (size_t p = 0; p < n; p++) {
+        point_dirs(g, x + p * D, r, s, d);
+        for (int j = 0; j < m; j++) {
+            const float *vj = v + (p * (size_t)m + j) * D;
+            double *out = hv + (p * (size_t)m + j) * D;
+            for (int i = 0; i < D; i++) out[i] = 0.0;
+            for (int k = 0; k < K; k++) {
+                if (r[k] == 0.0) continue;
+                const double *L = g->pchol + k * DD, *dk = d + (size_t)k * D;
+                double dv = 0.0;
+                for (int i = 0; i < D; i++) dv += dk[i] * vj[i];
+                /* u = S_k^{-1} v = L^{-T} L^{-1} v: two triangular solves */
+                for (int i = 0; i < D; i++) {
+                    double a = vj[i];
+                    for (int l = 0; l < i; l++) a -= L[i * D + l] * u[l];
+                    u[i] = a / L[i * D + i];
+                }
+                for (int i = D - 1; i >= 0; i--) {
+                    double a = u[i];
+                    for (int l = i + 1; l < D; l++) a -= L[l * D + i] * u[l];
+                    u[i] = a / L[i * D + i];
+                }
+                for (int i = 0; i < D; i++) out[i] += r[k] * (dk[i] * dv - u[i]);
+            }
+        }
+        if (score)
+            for (int i = 0; i < D; i++) score[p * D + i] = (float)s[i];
+    }
+    return SD_OK;
 }

@@ -45,6 +45,16 @@ sd_status sd_gmm_score(sd_gmm *g, const sd_sde *sde, double t, const float *x, f
 /* Exact log p_t(x) for n points. */
 sd_status sd_gmm_logp(sd_gmm *g, const sd_sde *sde, double t, const float *x, double *logp,
                       size_t n);
+/* Hessian of log p_t (= the Jacobian of the score, symmetric) at n points:
+ * H [n, D, D] in double; score [n, D] (may be NULL) receives the score as
+ * sd_gmm_score would. Cost O(K D^2) per point plus O(K D^3) once per t. */
+sd_status sd_gmm_score_hessian(sd_gmm *g, const sd_sde *sde, double t, const float *x,
+                               float *score, double *H, size_t n);
+/* Hessian-vector products for m vectors per point: v [n, m, D] -> hv [n, m, D]
+ * (double), hv[p][j] = H(x_p) v[p][j]; score as above (may be NULL). Cost
+ * O(K D^2) per product, no D x D matrix formed (Hutchinson probes). */
+sd_status sd_gmm_score_hvp(sd_gmm *g, const sd_sde *sde, double t, const float *x, size_t n,
+                           const float *v, int m, float *score, double *hv);
 /* Exact samples of the unperturbed mixture (t = 0 without any noise);
  * component[i] receives each sample's component if non-NULL. */
 void sd_gmm_sample(const sd_gmm *g, sd_rng *rng, float *x, int *component, size_t n);
