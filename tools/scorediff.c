@@ -17,7 +17,6 @@ static const command commands[] = {
     {"loglik", sd_cmd_loglik, "estimate log-likelihoods / bits per dimension"},
     {"convert-idx", sd_cmd_convert_idx, "write (Fashion-)MNIST IDX files as a PNG folder"},
     {"info", sd_cmd_info, "describe a checkpoint"},
-    {"demo", sd_cmd_demo, "the quick-start job: train, sample and report bits/dim"},
 };
 
 /* Commands whose module is not linked into this build (during development a
@@ -35,7 +34,6 @@ SD_MISSING_COMMAND(sd_cmd_sample, "sample")
 SD_MISSING_COMMAND(sd_cmd_loglik, "loglik")
 SD_MISSING_COMMAND(sd_cmd_convert_idx, "convert-idx")
 SD_MISSING_COMMAND(sd_cmd_info, "info")
-SD_MISSING_COMMAND(sd_cmd_demo, "demo")
 
 static void usage(FILE *f)
 {

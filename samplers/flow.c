@@ -1,0 +1,59 @@
+/* flow.c - the probability flow ODE (Song et al. 2021, "Score-Based
+ * Generative Modeling through SDEs", Sec. 4.3, eq. 13; App. D.1 for the
+ * general form):
+ *     dx/dt = F(t) x - 1/2 G(t) G(t)^T s(x, t)
+ * written with the family's operators (sd_sde_drift for F x and
+ * sd_sde_apply_GGT for G G^T v), so a family whose G is a dense or
+ * basis-changing operator needs no change here. Its solutions carry p_t to
+ * p_s for any s, t: integrating from t = 1 down to t_eps samples (prior ->
+ * data), integrating up encodes data into latents.
+ *
+ * The batch is one flat state [n, D] integrated by samplers/ode.c; the error
+ * norm of RK45 is taken per sample (n groups) and the worst sample decides the
+ * step, so each sample is within the tolerance on its own.
+ */
+#include "sampler.h"
+
+static sd_status flow_rhs(void *ctx, double t, const float *y, float *dydt)
+{
+    sd__batch *b = ctx;
+    sd_status st = sd__score(b, y, t, b->s);
+    if (st != SD_OK) return st;
+    const sd_sde *sde = &b->sc->sde;
+    sd_sde_drift(sde, t, y, dydt, b->n, b->D);
+    sd_sde_apply_GGT(sde, t, b->s, b->tmp, b->n, b->D);
+    size_t total = b->n * b->D;
+    for (size_t j = 0; j < total; j++) dydt[j] -= 0.5f * b->tmp[j];
+    return SD_OK;
+}
+
+typedef struct flow_obs {
+    sd__batch *b;
+    double t0, t1;
+} flow_obs;
+
+static sd_status flow_step(void *ctx, double t, const float *y)
+{
+    flow_obs *f = ctx;
+    (void)y; /* the observer sees b->x, which the solver updates in place */
+    double frac = (t - f->t0) / (f->t1 - f->t0);
+    return sd__observe(f->b, t, frac < 1.0 ? frac : 1.0, false);
+}
+
+sd_status sd__flow_batch(sd__batch *b, double t0, double t1)
+{
+    const sd_sampler_opts *o = b->o;
+    sd_ode_opts oo = sd_ode_defaults(o->ode_method);
+    oo.steps = o->steps;
+    oo.rtol = o->rtol;
+    oo.atol = o->atol;
+    oo.n_groups = b->n;
+    flow_obs fo = {b, t0, t1};
+    oo.on_step = flow_step;
+    oo.on_step_ctx = &fo;
+    sd_ode_stats os;
+    sd_status st = sd_ode_solve(&oo, flow_rhs, b, t0, t1, b->x, b->n * b->D, NULL, &os);
+    b->ode_accepted += o->ode_method == SD_ODE_RK45 ? os.accepted : 0;
+    b->ode_rejected += os.rejected;
+    return st;
+}

@@ -1,0 +1,518 @@
+/* cmd_sample.c - `scorediff sample`: draw samples from a trained score model
+ * or an analytic Gaussian mixture with any sampler (samplers/sampler.h), and
+ * inpaint or colorize images.
+ *
+ * Output: OUT.png is one near-square grid with 1-pixel borders; --out-dir
+ * writes DIR/00000.png, ... one per sample; low-dimensional models (data
+ * shape D x 1 x 1) write OUT as CSV, one sample per line. Image samples are
+ * mapped back from the model's data space ("unit" [0,1] or "centered"
+ * [-1,1]) and clamped to [0,1]. A summary line (time, NFE per sample, score
+ * evaluations per second) goes to stdout. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "checkpoint.h"
+#include "cli.h"
+#include "image_grid.h"
+#include "sampler.h"
+#include "sd/data.h"
+
+#define CMD "sample"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: scorediff sample (--ckpt FILE|RUN_DIR | --gmm SPEC.json --sde FAMILY)\n"
+"                        --sampler langevin|pc|ode --n N (--out OUT | --out-dir DIR)\n"
+"                        [options]\n"
+"\n"
+"Output\n"
+"  --out FILE.png         a grid of the samples (images); for low-dimensional\n"
+"                         models FILE is a CSV file, one sample per line\n"
+"  --out-dir DIR          one PNG per sample, DIR/00000.png, ...\n"
+"  --trajectory FILE      snapshots along the way of the first samples (PNG grid:\n"
+"                         one row per sample; CSV for low-dimensional models)\n"
+"  --snapshots K          number of snapshots (default 8)\n"
+"Common options\n"
+"  --seed S               random seed (default 0); same seed, same samples\n"
+"  --batch B              samples processed together (default 256; bounds memory)\n"
+"  --eps T                smallest time (default 1e-5 for ve/vp/subvp, 0 for ncsn)\n"
+"  --denoise | --no-denoise   final noise-free step (default on; ode: off)\n"
+"  --ema | --raw          EMA weights (default, when present) or the raw ones\n"
+"  --quiet                no progress display\n"
+"Annealed Langevin (Song & Ermon 2019)\n"
+"  --levels L             levels of continuous families (default 10; ncsn: its own)\n"
+"  --steps-per-level T    Langevin steps per level (default 100)\n"
+"  --step-eps E           eps in alpha_i = eps sigma_i^2 / sigma_L^2 (0.1 sigma_L^2)\n"
+"Predictor-corrector (Song et al. 2021)\n"
+"  --predictor P          em | rd (reverse diffusion, default) | ancestral | none\n"
+"  --corrector C          langevin (default) | none\n"
+"  --corrector-steps M    corrector steps per time (default 1)\n"
+"  --snr R                corrector target signal-to-noise ratio (default 0.16)\n"
+"  --steps N              time points (default 1000; ncsn: its levels)\n"
+"Probability flow ODE\n"
+"  --method M             euler | heun | rk4 | rk45 (default)\n"
+"  --steps N              fixed-step methods: steps (default 100)\n"
+"  --rtol X, --atol X     rk45 tolerances (default 1e-5)\n"
+"Inpainting and colorization (Song et al. 2021, App. I; langevin or pc)\n"
+"  --image FILE           the image to complete (PNG, JPEG, ...; resized to the model)\n"
+"  --mask FILE            white (>= 128) = known pixels, black = to be sampled\n"
+"  --colorize             sample the colours of --image's gray levels (3-channel model)\n"
+"Exit codes: 0 done, 1 runtime failure, 2 bad options or input.\n");
+}
+
+typedef struct opts {
+    const char *ckpt, *gmm, *sde, *sampler, *out, *out_dir, *trajectory;
+    const char *predictor, *corrector, *method, *image, *mask;
+    long long n, seed, batch, levels, steps_per_level, corrector_steps, steps, snapshots;
+    double eps, step_eps, snr, rtol, atol;
+    int denoise; /* -1 default */
+    bool raw, quiet, colorize;
+} opts;
+
+static int parse(int argc, char **argv, opts *o, bool *help)
+{
+    memset(o, 0, sizeof *o);
+    o->n = -1;
+    o->batch = 256;
+    o->levels = o->steps_per_level = o->corrector_steps = o->steps = -1;
+    o->snapshots = 8;
+    o->eps = o->step_eps = o->snr = o->rtol = o->atol = -1.0;
+    o->denoise = -1;
+    *help = false;
+    bool err = false;
+    for (int i = 1; i < argc && !err; i++) {
+        const char *a = argv[i], *v = NULL;
+#define OPT(name) cli_opt(argc, argv, &i, name, &v, &err, CMD)
+#define STR(name, field)                                                                       \
+    if (OPT(name)) {                                                                           \
+        o->field = v;                                                                          \
+        continue;                                                                              \
+    }
+#define INT(name, lo, hi, field)                                                               \
+    if (OPT(name)) {                                                                           \
+        if (!err && !cli_parse_int(CMD, name, v, lo, hi, &o->field)) err = true;               \
+        continue;                                                                              \
+    }
+#define DBL(name, lo, hi, field)                                                               \
+    if (OPT(name)) {                                                                           \
+        if (!err && !cli_parse_double(CMD, name, v, lo, hi, &o->field)) err = true;            \
+        continue;                                                                              \
+    }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            *help = true;
+            return 0;
+        }
+        if (!strcmp(a, "--raw")) { o->raw = true; continue; }
+        if (!strcmp(a, "--ema")) { o->raw = false; continue; }
+        if (!strcmp(a, "--quiet")) { o->quiet = true; continue; }
+        if (!strcmp(a, "--colorize")) { o->colorize = true; continue; }
+        if (!strcmp(a, "--denoise")) { o->denoise = 1; continue; }
+        if (!strcmp(a, "--no-denoise")) { o->denoise = 0; continue; }
+        STR("--ckpt", ckpt)
+        STR("--gmm", gmm)
+        STR("--sde", sde)
+        STR("--sampler", sampler)
+        STR("--out", out)
+        STR("--out-dir", out_dir)
+        STR("--trajectory", trajectory)
+        STR("--predictor", predictor)
+        STR("--corrector", corrector)
+        STR("--method", method)
+        STR("--image", image)
+        STR("--mask", mask)
+        INT("--n", 1, 100000000, n)
+        INT("--seed", 0, 9223372036854775807LL, seed)
+        INT("--batch", 1, 1 << 20, batch)
+        INT("--levels", 1, 100000, levels)
+        INT("--steps-per-level", 1, 1000000, steps_per_level)
+        INT("--corrector-steps", 1, 100000, corrector_steps)
+        INT("--steps", 1, 10000000, steps)
+        INT("--snapshots", 2, 100, snapshots)
+        DBL("--eps", 0.0, 0.999999, eps)
+        DBL("--step-eps", 1e-30, 1e30, step_eps)
+        DBL("--snr", 1e-12, 1e6, snr)
+        DBL("--rtol", 1e-12, 1.0, rtol)
+        DBL("--atol", 1e-12, 1.0, atol)
+#undef OPT
+#undef STR
+#undef INT
+#undef DBL
+        return cli_fail(CMD, 2, "unknown option '%s' (see scorediff sample --help)", a);
+    }
+    if (err) return 2;
+    if (!o->ckpt == !o->gmm) return cli_fail(CMD, 2, "give either --ckpt or --gmm (with --sde)");
+    if (o->gmm && !o->sde) return cli_fail(CMD, 2, "--gmm needs --sde FAMILY");
+    if (o->ckpt && o->sde)
+        return cli_fail(CMD, 2, "--sde comes from the checkpoint; drop it or use --gmm");
+    if (!o->sampler) return cli_fail(CMD, 2, "--sampler langevin|pc|ode is required");
+    if (o->n < 1) return cli_fail(CMD, 2, "--n N is required");
+    if (!o->out == !o->out_dir) return cli_fail(CMD, 2, "give exactly one of --out and --out-dir");
+    if (o->mask && !o->image) return cli_fail(CMD, 2, "--mask needs --image");
+    if (o->image && !o->mask && !o->colorize)
+        return cli_fail(CMD, 2, "--image needs --mask (inpainting) or --colorize");
+    if (o->colorize && (!o->image || o->mask))
+        return cli_fail(CMD, 2, "--colorize needs --image and no --mask");
+    return 0;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* Sampler options from the command line; returns an exit code. */
+static int configure(const opts *o, sd_sampler_opts *so)
+{
+    sd_sampler_kind kind;
+    if (!sd_sampler_kind_parse(o->sampler, &kind))
+        return cli_fail(CMD, 2, "--sampler %s: expected langevin, pc or ode", o->sampler);
+    *so = sd_sampler_defaults(kind);
+    so->seed = (uint64_t)o->seed;
+    so->batch = (size_t)o->batch;
+    if (o->eps >= 0) so->t_eps = o->eps;
+    if (o->denoise >= 0) so->denoise = o->denoise == 1;
+    if (o->levels > 0) so->levels = (int)o->levels;
+    if (o->steps_per_level > 0) so->steps_per_level = (int)o->steps_per_level;
+    if (o->step_eps > 0) so->step_eps = o->step_eps;
+    if (o->predictor && !sd_predictor_parse(o->predictor, &so->predictor))
+        return cli_fail(CMD, 2, "--predictor %s: expected em, rd, ancestral or none",
+                        o->predictor);
+    if (o->corrector) {
+        if (!strcmp(o->corrector, "langevin")) so->corrector = true;
+        else if (!strcmp(o->corrector, "none")) so->corrector = false;
+        else return cli_fail(CMD, 2, "--corrector %s: expected langevin or none", o->corrector);
+    }
+    if (o->corrector_steps > 0) so->corrector_steps = (int)o->corrector_steps;
+    if (o->snr > 0) so->snr = o->snr;
+    if (o->steps > 0) so->steps = (int)o->steps;
+    if (o->method && !sd_ode_method_parse(o->method, &so->ode_method))
+        return cli_fail(CMD, 2, "--method %s: expected euler, heun, rk4 or rk45", o->method);
+    if (o->rtol > 0) so->rtol = o->rtol;
+    if (o->atol > 0) so->atol = o->atol;
+    return 0;
+}
+
+static sd_status load_model(const opts *o, sd_model **m, char *transform, size_t tlen)
+{
+    snprintf(transform, tlen, "identity");
+    if (o->gmm) {
+        sd_sde sde;
+        sd_status st = sd_sde_parse(o->sde, &sde);
+        if (st != SD_OK) return st;
+        sd_gmm *g;
+        if ((st = sd_gmm_load_json(o->gmm, &g)) != SD_OK) return st;
+        if ((st = sd_model_new_gmm(g, &sde, m)) != SD_OK) sd_gmm_free(g);
+        return st;
+    }
+    char path[4096];
+    struct stat sb;
+    if (stat(o->ckpt, &sb) == 0 && S_ISDIR(sb.st_mode))
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", o->ckpt);
+    else
+        snprintf(path, sizeof path, "%s", o->ckpt);
+    sd_ckpt_meta meta;
+    sd_status st = sd_checkpoint_load_model(path, !o->raw, m, &meta);
+    if (st == SD_OK) snprintf(transform, tlen, "%s", meta.data_transform);
+    return st;
+}
+
+static bool centered(const char *transform)
+{
+    return !strcmp(transform, "centered") || !strcmp(transform, "centred") ||
+           !strcmp(transform, "symmetric");
+}
+
+/* Model space -> [0, 1] display space, in place. */
+static void to_display(const char *transform, float *x, size_t count)
+{
+    if (centered(transform))
+        for (size_t i = 0; i < count; i++) x[i] = 0.5f * (x[i] + 1.0f);
+}
+
+/* ---- input images (inpainting / colorization) ---------------------------------- */
+
+static sd_status read_image(const char *path, int channels, int size, uint8_t *out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open", path);
+    uint8_t *buf = NULL;
+    sd_status st = SD_OK;
+    long len = -1;
+    if (fseek(f, 0, SEEK_END) == 0) len = ftell(f);
+    if (len < 0 || fseek(f, 0, SEEK_SET) != 0) st = sd_error(SD_ERR_IO, "%s: cannot read", path);
+    else if ((size_t)len > SD_IMAGE_MAX_FILE_BYTES)
+        st = sd_error(SD_ERR_FORMAT, "%s: file too large", path);
+    else if (!(buf = sd_malloc((size_t)len)))
+        st = SD_ERR_NOMEM;
+    else if (fread(buf, 1, (size_t)len, f) != (size_t)len)
+        st = sd_error(SD_ERR_IO, "%s: read error", path);
+    fclose(f);
+    if (st == SD_OK) {
+        sd_image img;
+        if ((st = sd_image_decode(buf, (size_t)len, &img)) != SD_OK) {
+            st = sd_error(st, "%s: %s", path, sd_error_message());
+        } else {
+            st = sd_image_prepare(&img, channels, size, out);
+            sd_image_free(&img);
+            if (st != SD_OK) st = sd_error(st, "%s: %s", path, sd_error_message());
+        }
+    }
+    sd_free(buf);
+    return st;
+}
+
+/* The known data for n samples: inpainting data + mask [n, D], or colorization
+ * gray [n, H*W]; values mapped into model space. Returns an exit code. */
+static int load_conditioning(const opts *o, const sd_model *m, const char *transform, size_t n,
+                             float **data, float **mask)
+{
+    size_t D = m->D, HW = (size_t)m->H * m->W;
+    if (m->H == 1 && m->W == 1)
+        return cli_fail(CMD, 2, "--image needs an image model (this one has %zu-D points)", D);
+    if (m->H != m->W) return cli_fail(CMD, 2, "--image: the model's images are not square");
+    if (o->colorize && m->C != 3)
+        return cli_fail(CMD, 2, "--colorize needs a 3-channel model (this one has %d)", m->C);
+    uint8_t *px = sd_malloc(D), *mk = sd_malloc(HW);
+    *data = sd_malloc(n * (o->colorize ? HW : D) * sizeof(float));
+    *mask = o->colorize ? NULL : sd_malloc(n * D * sizeof(float));
+    if (!px || !mk || !*data || (!o->colorize && !*mask)) {
+        sd_free(px);
+        sd_free(mk);
+        return cli_fail(CMD, 1, "out of memory");
+    }
+    sd_status st = read_image(o->image, m->C, m->H, px);
+    if (st == SD_OK && o->mask) st = read_image(o->mask, 1, m->H, mk);
+    if (st != SD_OK) {
+        sd_free(px);
+        sd_free(mk);
+        return cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
+    }
+    bool cen = centered(transform);
+    for (size_t i = 0; i < n; i++) {
+        if (o->colorize) {
+            /* gray = the channel mean: the known axis of the colour transform */
+            for (size_t p = 0; p < HW; p++) {
+                float g = (px[p] + px[HW + p] + px[2 * HW + p]) / (3.0f * 255.0f);
+                (*data)[i * HW + p] = cen ? 2.0f * g - 1.0f : g;
+            }
+        } else {
+            for (size_t j = 0; j < D; j++) {
+                float v = px[j] / 255.0f;
+                (*data)[i * D + j] = cen ? 2.0f * v - 1.0f : v;
+                (*mask)[i * D + j] = mk[j % HW] >= 128 ? 1.0f : 0.0f;
+            }
+        }
+    }
+    sd_free(px);
+    sd_free(mk);
+    return 0;
+}
+
+/* ---- progress and trajectory ------------------------------------------------------ */
+
+typedef struct observe_ctx {
+    cli_progress *pr;
+    bool quiet;
+    /* trajectory: the first R samples of batch 0 at K snapshots */
+    float *snap;  /* [R, K, D] */
+    double *snap_t;
+    int R, K, taken;
+    size_t D;
+} observe_ctx;
+
+static sd_status on_progress(void *vctx, const sd_sample_progress *p)
+{
+    observe_ctx *c = vctx;
+    if (c->snap && p->batch == 0) {
+        /* snapshot k is taken the first time the batch is k/(K-1) done */
+        while (c->taken < c->K && (p->final || p->frac >= (double)c->taken / (c->K - 1))) {
+            for (int r = 0; r < c->R; r++)
+                memcpy(c->snap + ((size_t)r * c->K + c->taken) * c->D, p->x + (size_t)r * c->D,
+                       c->D * sizeof(float));
+            c->snap_t[c->taken++] = p->t;
+            if (!p->final) break;
+        }
+    }
+    if (!c->quiet) {
+        char extra[64];
+        snprintf(extra, sizeof extra, "batch %zu/%zu  t %.4f  NFE %lld", p->batch + 1,
+                 p->n_batches, p->t, (long long)p->nfe);
+        cli_progress_update(c->pr, (int64_t)(p->first + (size_t)(p->frac * (double)p->n)),
+                            extra, false);
+    }
+    return SD_OK;
+}
+
+static sd_status write_csv(const char *path, const float *x, size_t n, size_t D)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open for writing", path);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < D; j++) fprintf(f, "%.9g%c", x[i * D + j], j + 1 < D ? ',' : '\n');
+    if (fclose(f) != 0) return sd_error(SD_ERR_IO, "%s: write error", path);
+    return SD_OK;
+}
+
+static sd_status write_outputs(const opts *o, const sd_model *m, const char *transform, float *x,
+                               size_t n)
+{
+    bool points = m->H == 1 && m->W == 1;
+    size_t D = m->D;
+    if (points) return write_csv(o->out, x, n, D);
+    to_display(transform, x, n * D);
+    if (o->out) return sd_image_grid_write(o->out, x, n, m->C, m->H, m->W, 0);
+    sd_status st = cli_mkdir(o->out_dir);
+    uint8_t *px = st == SD_OK ? sd_malloc(D) : NULL;
+    if (st == SD_OK && !px) st = SD_ERR_NOMEM;
+    for (size_t i = 0; i < n && st == SD_OK; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%05zu.png", o->out_dir, i);
+        sd_image_to_u8(x + i * D, m->C, m->H, m->W, px);
+        st = sd_image_write_png(path, m->W, m->H, m->C, px);
+    }
+    sd_free(px);
+    return st;
+}
+
+static sd_status write_trajectory(const char *path, const sd_model *m, const char *transform,
+                                  observe_ctx *c)
+{
+    size_t D = m->D, cnt = (size_t)c->R * c->taken;
+    if (m->H == 1 && m->W == 1) {
+        FILE *f = fopen(path, "w");
+        if (!f) return sd_error(SD_ERR_IO, "%s: cannot open for writing", path);
+        fprintf(f, "snapshot,t,sample");
+        for (size_t j = 0; j < D; j++) fprintf(f, ",x%zu", j + 1);
+        fputc('\n', f);
+        for (int k = 0; k < c->taken; k++)
+            for (int r = 0; r < c->R; r++) {
+                fprintf(f, "%d,%.9g,%d", k, c->snap_t[k], r);
+                const float *x = c->snap + ((size_t)r * c->K + k) * D;
+                for (size_t j = 0; j < D; j++) fprintf(f, ",%.9g", x[j]);
+                fputc('\n', f);
+            }
+        if (fclose(f) != 0) return sd_error(SD_ERR_IO, "%s: write error", path);
+        return SD_OK;
+    }
+    to_display(transform, c->snap, (size_t)c->R * c->K * D);
+    /* rows = samples, columns = snapshots (a short final batch may have fewer) */
+    if (c->taken < c->K)
+        for (int r = 0; r < c->R; r++)
+            memmove(c->snap + (size_t)r * c->taken * D, c->snap + (size_t)r * c->K * D,
+                    (size_t)c->taken * D * sizeof(float));
+    return sd_image_grid_write(path, c->snap, cnt, m->C, m->H, m->W, c->taken);
+}
+
+int sd_cmd_sample(int argc, char **argv)
+{
+    opts o;
+    bool help;
+    int rc = parse(argc, argv, &o, &help);
+    if (help) {
+        usage(stdout);
+        return 0;
+    }
+    if (rc) return rc;
+    sd_sampler_opts so;
+    if ((rc = configure(&o, &so)) != 0) return rc;
+    sd_model *m = NULL;
+    char transform[32];
+    sd_status st = load_model(&o, &m, transform, sizeof transform);
+    if (st != SD_OK) return cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
+    bool points = m->H == 1 && m->W == 1;
+    size_t n = (size_t)o.n, D = m->D;
+    sd_scorer sc;
+    memset(&sc, 0, sizeof sc);
+    float *x = NULL, *data = NULL, *mask = NULL;
+    observe_ctx oc;
+    memset(&oc, 0, sizeof oc);
+    if (points && o.out_dir) {
+        rc = cli_fail(CMD, 2, "--out-dir writes images; this model has %zu-D points (use --out "
+                              "FILE.csv)", D);
+        goto done;
+    }
+    if (points && ends_with(o.out, ".png")) {
+        rc = cli_fail(CMD, 2, "%s: this model has %zu-D points; write a CSV file", o.out, D);
+        goto done;
+    }
+    if (!points && o.out && !ends_with(o.out, ".png")) {
+        rc = cli_fail(CMD, 2, "%s: image samples are written as a .png grid (or use --out-dir)",
+                      o.out);
+        goto done;
+    }
+    if (o.image && (rc = load_conditioning(&o, m, transform, n, &data, &mask)) != 0) goto done;
+    if ((st = sd_scorer_from_model(m, &sc)) != SD_OK) {
+        rc = cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
+        goto done;
+    }
+    if (!(x = sd_malloc(n * D * sizeof(float)))) {
+        rc = cli_fail(CMD, 1, "out of memory");
+        goto done;
+    }
+    cli_progress pr;
+    oc.pr = &pr;
+    oc.quiet = o.quiet;
+    oc.D = D;
+    if (o.trajectory) {
+        oc.K = (int)o.snapshots;
+        size_t first_batch = so.batch < n ? so.batch : n;
+        oc.R = points ? (int)(first_batch < 1000 ? first_batch : 1000)
+                      : (int)(first_batch < 8 ? first_batch : 8);
+        oc.snap = sd_malloc((size_t)oc.R * oc.K * D * sizeof(float));
+        oc.snap_t = sd_malloc((size_t)oc.K * sizeof(double));
+        if (!oc.snap || !oc.snap_t) {
+            rc = cli_fail(CMD, 1, "out of memory");
+            goto done;
+        }
+    }
+    so.observer = on_progress;
+    so.observer_ctx = &oc;
+    if (!o.quiet) cli_progress_start(&pr, "sample", (int64_t)n, 0, points ? "it/s" : "img/s", 1);
+    sd_sample_stats stats;
+    if (o.colorize) st = sd_colorize(&sc, &so, data, n, x, &stats);
+    else if (o.image) st = sd_inpaint(&sc, &so, data, mask, n, x, &stats);
+    else st = sd_sample(&sc, &so, n, x, &stats);
+    if (!o.quiet) cli_progress_end(&pr, st == SD_OK ? (int64_t)n : 0, NULL);
+    if (st != SD_OK) {
+        rc = cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
+        goto done;
+    }
+    if ((st = write_outputs(&o, m, transform, x, n)) != SD_OK ||
+        (o.trajectory && (st = write_trajectory(o.trajectory, m, transform, &oc)) != SD_OK)) {
+        rc = cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
+        goto done;
+    }
+    char sde[128], method[96] = "";
+    sd_sde_to_string(&m->sde, sde, sizeof sde);
+    if (so.kind == SD_SAMPLER_PC)
+        snprintf(method, sizeof method, " (%s%s)", sd_predictor_name(so.predictor),
+                 so.corrector ? " + langevin corrector" : "");
+    else if (so.kind == SD_SAMPLER_ODE)
+        snprintf(method, sizeof method, " (%s)", sd_ode_method_name(so.ode_method));
+    printf("scorediff sample: %zu samples, %s%s, %s, %.2f s, NFE per sample %lld",
+           n, sd_sampler_kind_name(so.kind), method, sde, stats.seconds,
+           (long long)stats.nfe_max);
+    if (stats.nfe_min != stats.nfe_max)
+        printf(" (batches %lld..%lld, mean %.1f)", (long long)stats.nfe_min,
+               (long long)stats.nfe_max, (double)stats.nfe / (double)stats.batches);
+    if (so.kind == SD_SAMPLER_ODE && so.ode_method == SD_ODE_RK45)
+        printf(", %lld steps + %lld rejected", (long long)stats.ode_accepted,
+               (long long)stats.ode_rejected);
+    printf(", %.0f score evaluations/s -> %s\n",
+           stats.seconds > 0 ? (double)stats.points / stats.seconds : 0.0,
+           o.out ? o.out : o.out_dir);
+done:
+    sd_free(x);
+    sd_free(data);
+    sd_free(mask);
+    sd_free(oc.snap);
+    sd_free(oc.snap_t);
+    sd_scorer_release(&sc);
+    sd_model_free(m);
+    return rc;
+}
