@@ -44,6 +44,27 @@ bool cli_parse_double(const char *cmd, const char *opt, const char *s, double lo
 bool cli_opt(int argc, char **argv, int *i, const char *name, const char **val, bool *err,
              const char *cmd);
 
+/* Option-table helpers for a parse loop `for (int i = 1; i < argc && !err; i++)`
+ * with locals `const char *v`, `bool err`, an options struct pointer `o` and a
+ * `CMD` string in scope: each matches one option, stores its value in
+ * o->field (INT/DBL parse and range-check it) and `continue`s the loop. */
+#define CLI_OPT(name) cli_opt(argc, argv, &i, name, &v, &err, CMD)
+#define CLI_STR(name, field)                                                               \
+    if (CLI_OPT(name)) {                                                                   \
+        o->field = v;                                                                      \
+        continue;                                                                          \
+    }
+#define CLI_INT(name, lo, hi, field)                                                       \
+    if (CLI_OPT(name)) {                                                                   \
+        if (!err && !cli_parse_int(CMD, name, v, lo, hi, &o->field)) err = true;           \
+        continue;                                                                          \
+    }
+#define CLI_DBL(name, lo, hi, field)                                                       \
+    if (CLI_OPT(name)) {                                                                   \
+        if (!err && !cli_parse_double(CMD, name, v, lo, hi, &o->field)) err = true;        \
+        continue;                                                                          \
+    }
+
 /* Progress: redrawn in place on a terminal, one line every `interval_s`
  * seconds otherwise (logs). `extra` is appended (e.g. "loss 0.1234"). */
 typedef struct cli_progress {

@@ -79,51 +79,31 @@ static int parse(int argc, char **argv, opts *o, bool *help)
     bool err = false;
     for (int i = 1; i < argc && !err; i++) {
         const char *a = argv[i], *v = NULL;
-#define OPT(name) cli_opt(argc, argv, &i, name, &v, &err, CMD)
-#define STR(name, field)                                                                       \
-    if (OPT(name)) {                                                                           \
-        o->field = v;                                                                          \
-        continue;                                                                              \
-    }
-#define INT(name, lo, hi, field)                                                               \
-    if (OPT(name)) {                                                                           \
-        if (!err && !cli_parse_int(CMD, name, v, lo, hi, &o->field)) err = true;               \
-        continue;                                                                              \
-    }
-#define DBL(name, lo, hi, field)                                                               \
-    if (OPT(name)) {                                                                           \
-        if (!err && !cli_parse_double(CMD, name, v, lo, hi, &o->field)) err = true;            \
-        continue;                                                                              \
-    }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             *help = true;
             return 0;
         }
         if (!strcmp(a, "--raw")) { o->raw = true; continue; }
         if (!strcmp(a, "--quiet")) { o->quiet = true; continue; }
-        STR("--ckpt", ckpt)
-        STR("--gmm", gmm)
-        STR("--sde", sde)
-        STR("--data", data)
-        STR("--out", out)
-        STR("--method", method)
-        STR("--divergence", divergence)
-        STR("--probe", probe)
-        STR("--decoder", decoder)
-        INT("--probes", 1, 4096, probes)
-        INT("--K", 1, 1000000, K)
-        INT("--steps", 1, 1000000, steps)
-        INT("--limit", 1, 1LL << 40, limit)
-        INT("--dequant", 1, 1000, dequant)
-        INT("--batch", 1, 1 << 20, batch)
-        INT("--seed", 0, 9223372036854775807LL, seed)
-        DBL("--eps", 0.0, 1.0, eps)
-        DBL("--rtol", 1e-12, 1.0, rtol)
-        DBL("--atol", 1e-12, 1.0, atol)
-#undef OPT
-#undef STR
-#undef INT
-#undef DBL
+        CLI_STR("--ckpt", ckpt)
+        CLI_STR("--gmm", gmm)
+        CLI_STR("--sde", sde)
+        CLI_STR("--data", data)
+        CLI_STR("--out", out)
+        CLI_STR("--method", method)
+        CLI_STR("--divergence", divergence)
+        CLI_STR("--probe", probe)
+        CLI_STR("--decoder", decoder)
+        CLI_INT("--probes", 1, 4096, probes)
+        CLI_INT("--K", 1, 1000000, K)
+        CLI_INT("--steps", 1, 1000000, steps)
+        CLI_INT("--limit", 1, 1LL << 40, limit)
+        CLI_INT("--dequant", 1, 1000, dequant)
+        CLI_INT("--batch", 1, 1 << 20, batch)
+        CLI_INT("--seed", 0, 9223372036854775807LL, seed)
+        CLI_DBL("--eps", 0.0, 1.0, eps)
+        CLI_DBL("--rtol", 1e-12, 1.0, rtol)
+        CLI_DBL("--atol", 1e-12, 1.0, atol)
         return cli_fail(CMD, 2, "unknown option '%s' (see scorediff loglik --help)", a);
     }
     if (err) return 2;

@@ -86,22 +86,6 @@ static int parse(int argc, char **argv, opts *o, bool *help)
     bool err = false;
     for (int i = 1; i < argc && !err; i++) {
         const char *a = argv[i], *v = NULL;
-#define OPT(name) cli_opt(argc, argv, &i, name, &v, &err, CMD)
-#define STR(name, field)                                                                       \
-    if (OPT(name)) {                                                                           \
-        o->field = v;                                                                          \
-        continue;                                                                              \
-    }
-#define INT(name, lo, hi, field)                                                               \
-    if (OPT(name)) {                                                                           \
-        if (!err && !cli_parse_int(CMD, name, v, lo, hi, &o->field)) err = true;               \
-        continue;                                                                              \
-    }
-#define DBL(name, lo, hi, field)                                                               \
-    if (OPT(name)) {                                                                           \
-        if (!err && !cli_parse_double(CMD, name, v, lo, hi, &o->field)) err = true;            \
-        continue;                                                                              \
-    }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             *help = true;
             return 0;
@@ -112,35 +96,31 @@ static int parse(int argc, char **argv, opts *o, bool *help)
         if (!strcmp(a, "--colorize")) { o->colorize = true; continue; }
         if (!strcmp(a, "--denoise")) { o->denoise = 1; continue; }
         if (!strcmp(a, "--no-denoise")) { o->denoise = 0; continue; }
-        STR("--ckpt", ckpt)
-        STR("--gmm", gmm)
-        STR("--sde", sde)
-        STR("--sampler", sampler)
-        STR("--out", out)
-        STR("--out-dir", out_dir)
-        STR("--trajectory", trajectory)
-        STR("--predictor", predictor)
-        STR("--corrector", corrector)
-        STR("--method", method)
-        STR("--image", image)
-        STR("--mask", mask)
-        INT("--n", 1, 100000000, n)
-        INT("--seed", 0, 9223372036854775807LL, seed)
-        INT("--batch", 1, 1 << 20, batch)
-        INT("--levels", 1, 100000, levels)
-        INT("--steps-per-level", 1, 1000000, steps_per_level)
-        INT("--corrector-steps", 1, 100000, corrector_steps)
-        INT("--steps", 1, 10000000, steps)
-        INT("--snapshots", 2, 100, snapshots)
-        DBL("--eps", 0.0, 0.999999, eps)
-        DBL("--step-eps", 1e-30, 1e30, step_eps)
-        DBL("--snr", 1e-12, 1e6, snr)
-        DBL("--rtol", 1e-12, 1.0, rtol)
-        DBL("--atol", 1e-12, 1.0, atol)
-#undef OPT
-#undef STR
-#undef INT
-#undef DBL
+        CLI_STR("--ckpt", ckpt)
+        CLI_STR("--gmm", gmm)
+        CLI_STR("--sde", sde)
+        CLI_STR("--sampler", sampler)
+        CLI_STR("--out", out)
+        CLI_STR("--out-dir", out_dir)
+        CLI_STR("--trajectory", trajectory)
+        CLI_STR("--predictor", predictor)
+        CLI_STR("--corrector", corrector)
+        CLI_STR("--method", method)
+        CLI_STR("--image", image)
+        CLI_STR("--mask", mask)
+        CLI_INT("--n", 1, 100000000, n)
+        CLI_INT("--seed", 0, 9223372036854775807LL, seed)
+        CLI_INT("--batch", 1, 1 << 20, batch)
+        CLI_INT("--levels", 1, 100000, levels)
+        CLI_INT("--steps-per-level", 1, 1000000, steps_per_level)
+        CLI_INT("--corrector-steps", 1, 100000, corrector_steps)
+        CLI_INT("--steps", 1, 10000000, steps)
+        CLI_INT("--snapshots", 2, 100, snapshots)
+        CLI_DBL("--eps", 0.0, 0.999999, eps)
+        CLI_DBL("--step-eps", 1e-30, 1e30, step_eps)
+        CLI_DBL("--snr", 1e-12, 1e6, snr)
+        CLI_DBL("--rtol", 1e-12, 1.0, rtol)
+        CLI_DBL("--atol", 1e-12, 1.0, atol)
         return cli_fail(CMD, 2, "unknown option '%s' (see scorediff sample --help)", a);
     }
     if (err) return 2;
