@@ -9,10 +9,10 @@
 # fresh process, so each peak RSS is that run's alone. Both get
 # OMP_NUM_THREADS=2; PyTorch also OPENBLAS_NUM_THREADS=1 and
 # torch.set_num_threads(2), its best setting on two cores (THREADS=n changes
-# the 2 for both). REPEATS=n (1)
-# runs every pair n times (alternating which goes first) and reports the
-# median over repeats of each figure; BENCH_WARMUP, BENCH_WINDOWS and
-# BENCH_STEPS pass through (see bench_train.c). Ratios:
+# the 2 for both). REPEATS=n (1) runs every pair n times (alternating which
+# goes first) and reports the median over repeats of each figure;
+# BENCH_WARMUP, BENCH_WINDOWS and BENCH_STEPS pass through (bench_train.c).
+# Ratios:
 #   speed  = scorediff img/s / torch img/s       (target >= 1, aim 1.5)
 #   memory = scorediff peak RSS / torch peak RSS (target <= 0.5)
 # cpu ms/img (user + system CPU time per image, all threads) is printed too:
