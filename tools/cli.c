@@ -1,6 +1,8 @@
 /* cli.c - shared command-line helpers; see cli.h. */
 #include "cli.h"
 
+#include "checkpoint.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -129,4 +131,29 @@ sd_status cli_mkdir(const char *path)
         return sd_error(SD_ERR_IO, "%s: exists and is not a directory", path);
     }
     return sd_error(SD_ERR_IO, "%s: cannot create directory: %s", path, strerror(errno));
+}
+
+sd_status cli_load_model(const char *ckpt, const char *gmm, const char *sde, bool raw,
+                         sd_model **m, char *transform, size_t tlen)
+{
+    snprintf(transform, tlen, "identity");
+    if (gmm) {
+        sd_sde family;
+        sd_status st = sd_sde_parse(sde, &family);
+        if (st != SD_OK) return st;
+        sd_gmm *g;
+        if ((st = sd_gmm_load_json(gmm, &g)) != SD_OK) return st;
+        if ((st = sd_model_new_gmm(g, &family, m)) != SD_OK) sd_gmm_free(g);
+        return st;
+    }
+    char path[4096];
+    struct stat sb;
+    if (stat(ckpt, &sb) == 0 && S_ISDIR(sb.st_mode))
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", ckpt);
+    else
+        snprintf(path, sizeof path, "%s", ckpt);
+    sd_ckpt_meta meta;
+    sd_status st = sd_checkpoint_load_model(path, !raw, m, &meta);
+    if (st == SD_OK) snprintf(transform, tlen, "%s", meta.data_transform);
+    return st;
 }

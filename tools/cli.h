@@ -83,6 +83,14 @@ void cli_progress_update(cli_progress *p, int64_t done, const char *extra, bool 
 void cli_progress_end(cli_progress *p, int64_t done, const char *extra);
 double cli_now(void); /* monotonic seconds */
 
+/* The model of `sample` and `loglik`: a checkpoint (a file, or a run
+ * directory holding checkpoint.safetensors; EMA weights unless `raw`) or an
+ * analytic mixture (gmm JSON + sde spec). `transform` receives the data
+ * transform stored in the checkpoint ("identity" for a gmm). */
+typedef struct sd_model sd_model;
+sd_status cli_load_model(const char *ckpt, const char *gmm, const char *sde, bool raw,
+                         sd_model **m, char *transform, size_t tlen);
+
 /* Ensure a directory exists (mkdir -p semantics for one level). */
 sd_status cli_mkdir(const char *path);
 

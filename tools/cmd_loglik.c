@@ -153,29 +153,16 @@ static int configure(const opts *o, bool images, sd_lik_config *cfg)
 static sd_status load_model(const opts *o, sd_model **m, sd_lik_xform *xf)
 {
     *xf = SD_LIK_XFORM_IDENTITY;
-    if (o->gmm) {
-        sd_sde sde;
-        sd_status st = sd_sde_parse(o->sde, &sde);
-        if (st != SD_OK) return st;
-        sd_gmm *g;
-        if ((st = sd_gmm_load_json(o->gmm, &g)) != SD_OK) return st;
-        if ((st = sd_model_new_gmm(g, &sde, m)) != SD_OK) sd_gmm_free(g);
-        return st;
-    }
-    char path[4096];
-    struct stat sb;
-    if (stat(o->ckpt, &sb) == 0 && S_ISDIR(sb.st_mode))
-        snprintf(path, sizeof path, "%s/checkpoint.safetensors", o->ckpt);
-    else
-        snprintf(path, sizeof path, "%s", o->ckpt);
-    sd_ckpt_meta meta;
-    sd_status st = sd_checkpoint_load_model(path, !o->raw, m, &meta);
-    if (st != SD_OK) return st;
-    st = sd_lik_xform_parse(meta.data_transform, xf);
+    char transform[32];
+    sd_status st = cli_load_model(o->ckpt, o->gmm, o->sde, o->raw, m, transform, sizeof transform);
+    if (st != SD_OK || o->gmm) return st;
+    st = sd_lik_xform_parse(transform, xf);
     if (st != SD_OK) {
         sd_model_free(*m);
         *m = NULL;
-        return sd_error(st, "%s: %s", path, sd_error_message());
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", sd_error_message());
+        return sd_error(st, "%s: %s", o->ckpt, msg);
     }
     return SD_OK;
 }

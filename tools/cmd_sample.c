@@ -179,26 +179,7 @@ static int configure(const opts *o, sd_sampler_opts *so)
 
 static sd_status load_model(const opts *o, sd_model **m, char *transform, size_t tlen)
 {
-    snprintf(transform, tlen, "identity");
-    if (o->gmm) {
-        sd_sde sde;
-        sd_status st = sd_sde_parse(o->sde, &sde);
-        if (st != SD_OK) return st;
-        sd_gmm *g;
-        if ((st = sd_gmm_load_json(o->gmm, &g)) != SD_OK) return st;
-        if ((st = sd_model_new_gmm(g, &sde, m)) != SD_OK) sd_gmm_free(g);
-        return st;
-    }
-    char path[4096];
-    struct stat sb;
-    if (stat(o->ckpt, &sb) == 0 && S_ISDIR(sb.st_mode))
-        snprintf(path, sizeof path, "%s/checkpoint.safetensors", o->ckpt);
-    else
-        snprintf(path, sizeof path, "%s", o->ckpt);
-    sd_ckpt_meta meta;
-    sd_status st = sd_checkpoint_load_model(path, !o->raw, m, &meta);
-    if (st == SD_OK) snprintf(transform, tlen, "%s", meta.data_transform);
-    return st;
+    return cli_load_model(o->ckpt, o->gmm, o->sde, o->raw, m, transform, tlen);
 }
 
 static bool centered(const char *transform)
