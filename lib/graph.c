@@ -10,6 +10,7 @@
 #include <cblas.h>
 #include <omp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,10 +27,19 @@ typedef struct sd_chunk {
 struct sd_graph {
     sd_chunk *chunks;   /* current chunk first */
     size_t total_bytes; /* sum of chunk sizes */
+    size_t used_bytes;  /* sum of the chunks' used bytes */
+    size_t peak_bytes;  /* high-water mark of used_bytes since the last reset */
+    size_t last_peak;   /* peak_bytes of the step before the last reset */
     sd_tensor **tape;   /* recorded nodes in creation order */
     size_t n_tape, cap_tape;
     sd_tensor **grad_leaves; /* arena leaves marked requires_grad */
     size_t n_leaves, cap_leaves;
+    /* Gradient buffers of recorded nodes released during backward, for reuse
+     * by later nodes of the same backward pass (arena memory; see
+     * grad_acquire). Emptied by reset with the arena they point into. */
+    float **pool_ptr;
+    size_t *pool_len;
+    size_t n_pool, cap_pool;
     bool grad_enabled;
     sd_status status;
 };
@@ -79,23 +89,32 @@ void sd_graph_free(sd_graph *g)
     chunks_free(g->chunks);
     sd_free(g->tape);
     sd_free(g->grad_leaves);
+    sd_free(g->pool_ptr);
+    sd_free(g->pool_len);
     sd_free(g);
 }
 
 void sd_graph_reset(sd_graph *g)
 {
     if (g->chunks->next) {
-        /* Consolidate: one chunk big enough for everything the last step
-         * used. If that allocation fails keep the old chunks (still valid). */
-        sd_chunk *one = chunk_new(g->total_bytes);
+        /* Consolidate: one chunk as big as the last step's high-water mark
+         * (what an identical step needs in one chunk: chunk tails left unused
+         * are not counted). If that allocation fails keep the old chunks. */
+        size_t size = g->peak_bytes > SD_ARENA_MIN_CHUNK ? g->peak_bytes : SD_ARENA_MIN_CHUNK;
+        sd_chunk *one = chunk_new(size);
         if (one) {
             chunks_free(g->chunks);
             g->chunks = one;
+            g->total_bytes = size;
         }
     }
     for (sd_chunk *c = g->chunks; c; c = c->next) c->used = 0;
+    g->last_peak = g->peak_bytes;
+    g->used_bytes = 0;
+    g->peak_bytes = 0;
     g->n_tape = 0;
     g->n_leaves = 0;
+    g->n_pool = 0;
     g->status = SD_OK;
 }
 
@@ -109,6 +128,16 @@ bool sd_graph_set_grad_enabled(sd_graph *g, bool enabled)
 bool sd_graph_grad_enabled(const sd_graph *g) { return g->grad_enabled; }
 sd_status sd_graph_status(const sd_graph *g) { return g->status; }
 size_t sd_graph_arena_bytes(const sd_graph *g) { return g->total_bytes; }
+size_t sd_graph_arena_peak(const sd_graph *g)
+{
+    return g->peak_bytes > g->last_peak ? g->peak_bytes : g->last_peak;
+}
+
+static void note_used(sd_graph *g, size_t delta)
+{
+    g->used_bytes += delta;
+    if (g->used_bytes > g->peak_bytes) g->peak_bytes = g->used_bytes;
+}
 
 void *sd_graph_alloc(sd_graph *g, size_t bytes)
 {
@@ -122,6 +151,7 @@ void *sd_graph_alloc(sd_graph *g, size_t bytes)
         if (c->size - c->used >= need) {
             void *p = c->mem + c->used;
             c->used += need;
+            note_used(g, need);
             return p;
         }
     }
@@ -136,7 +166,25 @@ void *sd_graph_alloc(sd_graph *g, size_t bytes)
     g->chunks = c;
     g->total_bytes += size;
     c->used = need;
+    note_used(g, need);
     return c->mem;
+}
+
+sd_arena_mark sd__arena_mark(sd_graph *g)
+{
+    sd_arena_mark m = {g->chunks, g->chunks->used};
+    return m;
+}
+
+void sd__arena_rewind(sd_graph *g, sd_arena_mark m)
+{
+    /* Allocations after the mark went to the head chunk, or to a new head if
+     * it was full (then the older head keeps its bytes until reset: only the
+     * first step of a graph grows chunks). */
+    if (g->chunks == (sd_chunk *)m.chunk && g->chunks->used >= m.used) {
+        g->used_bytes -= g->chunks->used - m.used;
+        g->chunks->used = m.used;
+    }
 }
 
 float *sd_graph_alloc_floats(sd_graph *g, size_t n)
@@ -326,6 +374,60 @@ static sd_status ensure_zero_grad(sd_graph *g, sd_tensor *t)
     return SD_OK;
 }
 
+/* Gradient buffers of intermediate nodes live only from the backward of
+ * their last consumer to their own backward. Taking them from a pool of
+ * released buffers (best fit) instead of giving every node its own makes the
+ * gradient memory of a pass its peak of live gradients rather than their sum:
+ * for a U-Net that is the skip connections' gradients, not every layer's. The
+ * order of requests is the tape's, so the same graph gets the same buffers
+ * every step and nothing is allocated after the first. */
+static sd_status grad_acquire(sd_graph *g, sd_tensor *t)
+{
+    size_t best = SIZE_MAX;
+    for (size_t i = 0; i < g->n_pool; i++)
+        if (g->pool_len[i] >= t->numel && (best == SIZE_MAX || g->pool_len[i] < g->pool_len[best]))
+            best = i;
+    if (best != SIZE_MAX) {
+        t->grad = g->pool_ptr[best];
+        g->n_pool--;
+        g->pool_ptr[best] = g->pool_ptr[g->n_pool];
+        g->pool_len[best] = g->pool_len[g->n_pool];
+    } else {
+        t->grad = sd_graph_alloc_floats(g, t->numel);
+        if (!t->grad) return sd_error(SD_ERR_NOMEM, "backward: out of memory for gradients");
+    }
+    memset(t->grad, 0, t->numel * sizeof(float));
+    return SD_OK;
+}
+
+static sd_status grad_release(sd_graph *g, sd_tensor *t)
+{
+    if (g->n_pool == g->cap_pool) {
+        size_t ncap = g->cap_pool ? g->cap_pool * 2 : 64;
+        float **ptr = sd_malloc(ncap * sizeof *ptr);
+        size_t *len = sd_malloc(ncap * sizeof *len);
+        if (!ptr || !len) {
+            sd_free(ptr);
+            sd_free(len);
+            return sd_error(SD_ERR_NOMEM, "backward: out of memory for the gradient pool");
+        }
+        if (g->n_pool) {
+            memcpy(ptr, g->pool_ptr, g->n_pool * sizeof *ptr);
+            memcpy(len, g->pool_len, g->n_pool * sizeof *len);
+        }
+        sd_free(g->pool_ptr);
+        sd_free(g->pool_len);
+        g->pool_ptr = ptr;
+        g->pool_len = len;
+        g->cap_pool = ncap;
+    }
+    g->pool_ptr[g->n_pool] = t->grad;
+    g->pool_len[g->n_pool] = t->numel;
+    g->n_pool++;
+    t->grad = NULL;
+    return SD_OK;
+}
+
 sd_status sd_graph_backward(sd_graph *g, sd_tensor *out, const float *cotangent)
 {
     if (!out) return sd_error(SD_ERR_INVALID, "backward: NULL output (an op failed: %s)", sd_error_message());
@@ -351,10 +453,11 @@ sd_status sd_graph_backward(sd_graph *g, sd_tensor *out, const float *cotangent)
             s->grad_in_arena = true;
         }
     }
-    for (size_t k = 0; k < end; k++) {
-        st = ensure_zero_grad(g, g->tape[k]);
-        if (st != SD_OK) return st;
-    }
+    /* Recorded nodes start without gradients (a previous backward on this
+     * graph released them). */
+    for (size_t k = 0; k < end; k++) g->tape[k]->grad = NULL;
+    st = grad_acquire(g, out);
+    if (st != SD_OK) return st;
     if (cotangent) {
         memcpy(out->grad, cotangent, out->numel * sizeof(float));
     } else {
@@ -362,7 +465,21 @@ sd_status sd_graph_backward(sd_graph *g, sd_tensor *out, const float *cotangent)
     }
     for (size_t k = end; k-- > 0;) {
         sd_tensor *t = g->tape[k];
+        /* No gradient reached t: it does not feed `out`, its VJP is zero. */
+        if (!t->grad) continue;
+        for (int i = 0; i < SD_MAX_SRC; i++) {
+            sd_tensor *s = t->src[i];
+            if (s && s->backward && s->requires_grad && !s->grad) {
+                st = grad_acquire(g, s);
+                if (st != SD_OK) return st;
+            }
+        }
+        /* Whatever the backward allocates is scratch (its gradients exist). */
+        sd_arena_mark scratch = sd__arena_mark(g);
         st = t->backward(g, t);
+        sd__arena_rewind(g, scratch);
+        if (st != SD_OK) return st;
+        st = grad_release(g, t);
         if (st != SD_OK) return st;
     }
     return SD_OK;

@@ -692,6 +692,7 @@ sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int
     size_t sz[SC_N], per_thread = scratch_sizes(&g, !(g.direct && g.nb == 1), false, sz);
     int nt = conv_threads((double)g.N * g.Cout * g.HoWo * g.CKK, g.chunks);
     float *scratch = NULL;
+    sd_arena_mark scratch_mark = sd__arena_mark(gr);
     if (per_thread > 0) {
         scratch = sd_graph_alloc_floats(gr, (size_t)nt * per_thread);
         if (!scratch) return sd__op_fail(gr, SD_ERR_NOMEM, "conv2d: out of memory for scratch");
@@ -726,5 +727,6 @@ sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int
                 }
         }
     }
+    sd__arena_rewind(gr, scratch_mark);
     return out;
 }

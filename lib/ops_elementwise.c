@@ -454,6 +454,77 @@ sd_tensor *sd_sub(sd_graph *g, sd_tensor *a, sd_tensor *b) { return ew_binary(g,
 sd_tensor *sd_mul(sd_graph *g, sd_tensor *a, sd_tensor *b) { return ew_binary(g, EW_MUL, a, b); }
 sd_tensor *sd_div(sd_graph *g, sd_tensor *a, sd_tensor *b) { return ew_binary(g, EW_DIV, a, b); }
 
+/* ---- in-place scaled add ------------------------------------------------ */
+
+/* Backward of out = (a + b) * s (out aliases a's old buffer):
+ *   ga += s gy,  gb += s * (gy summed over b's broadcast runs). */
+static sd_status add_into_backward(sd_graph *g, sd_tensor *out)
+{
+    (void)g;
+    sd_tensor *A = out->src[0], *B = out->src[1];
+    ew_plan p;
+    ew_plan_make(A, B, &p);
+    const float s = out->params.f[0], *gy = out->grad;
+    float *ga = A->grad, *gb = B->grad;
+    size_t n = out->numel;
+    if (ga) {
+#pragma omp parallel for schedule(static) if (n > EW_PAR_MIN)
+        for (size_t i = 0; i < n; i++) ga[i] += s * gy[i];
+    }
+    if (!gb) return SD_OK;
+    if (p.kind == PLAN_SAME) {
+#pragma omp parallel for schedule(static) if (n > EW_PAR_MIN)
+        for (size_t i = 0; i < n; i++) gb[i] += s * gy[i];
+        return SD_OK;
+    }
+    /* SEG with b the broadcast operand: b[m] feeds out[o, m, :]. */
+#pragma omp parallel for schedule(static) if (n > EW_PAR_MIN && p.mid > 1)
+    for (size_t m = 0; m < p.mid; m++) {
+        double acc = 0.0;
+        for (size_t o = 0; o < p.outer; o++) {
+            const float *run = gy + (o * p.mid + m) * p.inner;
+            for (size_t j = 0; j < p.inner; j++) acc += run[j];
+        }
+        gb[m] += (float)(s * acc);
+    }
+    return SD_OK;
+}
+
+sd_tensor *sd_add_into(sd_graph *g, sd_tensor *a, sd_tensor *b, float s)
+{
+    if (!a || !b) return NULL;
+    if (!a->op)
+        return sd__op_fail(g, SD_ERR_INVALID, "add_into: the target must be an op output, not a leaf");
+    ew_plan p;
+    char sa[64], sb[64];
+    bool ok = ew_plan_make(a, b, &p) && p.ndim == a->ndim && p.n == a->numel &&
+              (p.kind == PLAN_SAME || (p.kind == PLAN_SEG && !p.seg_is_a));
+    if (!ok)
+        return sd__op_fail(g, SD_ERR_INVALID,
+                           "add_into: %s must be %s's shape or broadcast to it along whole runs",
+                           sd_shape_str(b, sb, sizeof sb), sd_shape_str(a, sa, sizeof sa));
+    sd_tensor *out = sd__op_view(g, "add_into", a->ndim, a->shape, a->data, add_into_backward, 2,
+                                 (sd_tensor *[]){a, b});
+    if (!out) return NULL;
+    out->params.f[0] = s;
+    float *y = out->data;
+    const float *bv = b->data;
+    size_t n = out->numel;
+    /* (a + b) * s in that order, so the result equals sd_scale(sd_add(a, b), s). */
+    if (p.kind == PLAN_SAME) {
+#pragma omp parallel for schedule(static) if (n > EW_PAR_MIN)
+        for (size_t i = 0; i < n; i++) y[i] = (y[i] + bv[i]) * s;
+    } else {
+        size_t runs = p.outer * p.mid;
+#pragma omp parallel for schedule(static) if (n > EW_PAR_MIN)
+        for (size_t r = 0; r < runs; r++) {
+            float v = bv[r % p.mid], *run = y + r * p.inner;
+            for (size_t j = 0; j < p.inner; j++) run[j] = (run[j] + v) * s;
+        }
+    }
+    return out;
+}
+
 /* ---- scalar affine ------------------------------------------------------ */
 
 /* Backward of out = a * s + c: ga += gy * s. */

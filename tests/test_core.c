@@ -1,8 +1,10 @@
 /* test_core.c - the arena, tape and backward machinery (graph.c). */
 #include <check.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "sd/ops.h"
 #include "sd/tensor.h"
 
 START_TEST(test_shapes_and_errors)
@@ -45,6 +47,51 @@ START_TEST(test_arena_reuse)
 }
 END_TEST
 
+/* Scratch rewound to a mark is reused by the next allocation. */
+START_TEST(test_arena_mark_rewind)
+{
+    sd_graph *g = sd_graph_new();
+    ck_assert_ptr_nonnull(g);
+    sd_arena_mark m = sd__arena_mark(g);
+    float *a = sd_graph_alloc_floats(g, 1000);
+    sd__arena_rewind(g, m);
+    float *b = sd_graph_alloc_floats(g, 1000);
+    ck_assert_ptr_eq(a, b);
+    sd_graph_free(g);
+}
+END_TEST
+
+/* Gradients of intermediate nodes are recycled during backward: a chain of
+ * L unary ops on an n-float input needs L outputs plus a few live gradients,
+ * not L gradients. Without recycling the peak would be >= 2 L n floats. */
+START_TEST(test_backward_recycles_gradients)
+{
+    enum { L = 16, n = 100000 };
+    sd_graph *g = sd_graph_new();
+    ck_assert_ptr_nonnull(g);
+    sd_tensor *x = sd_tensor_new(g, 1, (int[]){n});
+    ck_assert_ptr_nonnull(x);
+    for (int i = 0; i < n; i++) x->data[i] = 0.001f * (float)(i % 1000);
+    sd_tensor_requires_grad(x);
+    sd_tensor *y = x;
+    for (int k = 0; k < L; k++) y = sd_tanh(g, y);
+    sd_tensor *loss = sd_sum(g, y);
+    ck_assert_ptr_nonnull(loss);
+    ck_assert_int_eq(sd_graph_backward(g, loss, NULL), SD_OK);
+    size_t floats = sd_graph_arena_peak(g) / sizeof(float);
+    /* input + its gradient + L outputs + at most 3 live gradients, plus slack */
+    ck_assert_msg(floats < (size_t)(L + 6) * n, "arena peak %zu floats for L=%d n=%d", floats, L, n);
+    /* d/dx of tanh^L: product of (1 - y_k^2); check one element by the chain rule. */
+    double v = x->data[777], d = 1.0;
+    for (int k = 0; k < L; k++) {
+        v = tanh(v);
+        d *= 1.0 - v * v;
+    }
+    ck_assert_double_eq_tol(x->grad[777], d, 1e-5);
+    sd_graph_free(g);
+}
+END_TEST
+
 START_TEST(test_backward_requires_record)
 {
     sd_graph *g = sd_graph_new();
@@ -72,6 +119,8 @@ int main(void)
     TCase *tc = tcase_create("graph");
     tcase_add_test(tc, test_shapes_and_errors);
     tcase_add_test(tc, test_arena_reuse);
+    tcase_add_test(tc, test_arena_mark_rewind);
+    tcase_add_test(tc, test_backward_recycles_gradients);
     tcase_add_test(tc, test_backward_requires_record);
     tcase_add_test(tc, test_alloc_errors);
     suite_add_tcase(s, tc);

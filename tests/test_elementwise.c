@@ -259,6 +259,47 @@ START_TEST(test_gradcheck_same_operand)
 }
 END_TEST
 
+/* ---- in-place scaled add ----------------------------------------------------- */
+
+/* add_into overwrites its target, so the target is an op output here:
+ * t = 1.5 x (scale reads no data in backward), then (t + b) * 0.7 in t. */
+static sd_tensor *build_add_into(sd_graph *g, sd_tensor **in, void *ctx)
+{
+    (void)ctx;
+    return sd_add_into(g, sd_scale(g, in[0], 1.5f), in[1], 0.7f);
+}
+
+START_TEST(test_add_into)
+{
+    /* Gradients for the same-shape and the per-(n, c) broadcast forms. */
+    const int sb_same[4] = {3, 4, 5, 7}, sb_bc[4] = {3, 4, 1, 1};
+    const int *sbs[2] = {sb_same, sb_bc};
+    for (int k = 0; k < 2; k++) {
+        gc_input spec[2] = {{.ndim = 4, .shape = {3, 4, 5, 7}, .lo = -2.0f, .hi = 2.0f},
+                            {.ndim = 4, .lo = -2.0f, .hi = 2.0f}};
+        memcpy(spec[1].shape, sbs[k], sizeof sb_same);
+        gc_result res = gc_check(build_add_into, NULL, 2, spec, NULL);
+        ck_assert_msg(res.ok, "add_into form %d: %s", k, res.message);
+    }
+    /* Bit-identical to scale(add(a, b)) and written over a's buffer. */
+    sd_graph *g = sd_graph_new();
+    sd_tensor *x = sd_tensor_new(g, 4, (int[]){2, 3, 4, 5});
+    sd_tensor *b = sd_tensor_new(g, 4, (int[]){2, 3, 1, 1});
+    for (size_t i = 0; i < x->numel; i++) x->data[i] = 0.37f * (float)i - 11.0f;
+    for (size_t i = 0; i < b->numel; i++) b->data[i] = 0.11f * (float)i + 0.3f;
+    sd_tensor *ref = sd_scale(g, sd_add(g, sd_shift(g, x, 0.25f), b), 0.7071f);
+    sd_tensor *a = sd_shift(g, x, 0.25f);
+    sd_tensor *y = sd_add_into(g, a, b, 0.7071f);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_ptr_eq(y->data, a->data);
+    ck_assert_int_eq(memcmp(y->data, ref->data, y->numel * sizeof(float)), 0);
+    /* A leaf target and a target smaller than b are refused. */
+    ck_assert_ptr_null(sd_add_into(g, x, b, 1.0f));
+    ck_assert_ptr_null(sd_add_into(g, sd_shift(g, b, 0.0f), x, 1.0f));
+    sd_graph_free(g);
+}
+END_TEST
+
 /* ---- scalar affine ---------------------------------------------------------- */
 
 typedef struct affine_case {
@@ -352,6 +393,7 @@ int main(void)
     tcase_add_loop_test(tc, test_gradcheck_broadcast, 0, 4);
     tcase_add_test(tc, test_gradcheck_same_operand);
     tcase_add_test(tc, test_affine);
+    tcase_add_test(tc, test_add_into);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_no_grad_not_recorded);
     suite_add_tcase(s, tc);

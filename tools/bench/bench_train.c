@@ -160,11 +160,11 @@ static int run_one(int B)
     qsort(ips, (size_t)nw, sizeof ips[0], cmp_double);
     double peak = proc_status_bytes("VmHWM:");
     printf("RESULT impl=scorediff batch=%d img_s=%.2f img_s_min=%.2f img_s_max=%.2f "
-           "cpu_ms_img=%.2f peak_rss_mib=%.1f base_rss_mib=%.1f arena_mib=%.1f params=%zu threads=%d "
+           "cpu_ms_img=%.2f peak_rss_mib=%.1f base_rss_mib=%.1f arena_mib=%.1f arena_peak_mib=%.1f params=%zu threads=%d "
            "loss=%.4g\n",
            B, ips[nw / 2], ips[0], ips[nw - 1], cpu_ms, peak / MIB, rss0 / MIB,
            (double)sd_graph_arena_bytes(b.trainer->graph) / MIB,
-           sd_params_trainable_count(b.model->params), sd_threads_get(),
+           (double)sd_graph_arena_peak(b.trainer->graph) / MIB, sd_params_trainable_count(b.model->params), sd_threads_get(),
            (double)b.trainer->last_loss);
     bench_close(&b);
     return 0;
@@ -381,6 +381,7 @@ static int breakdown(int B)
     /* The replay must reproduce sd_graph_backward: the last step is first run
      * the normal way and its parameter gradients kept for comparison. */
     float *ref_grad = sd_malloc(p->total * sizeof(float));
+    float *replay_grads = NULL;
     if (!ref_grad) return 1;
     for (int r = 0; r < reps; r++) {
         sd_rng trng, nrng;
@@ -415,12 +416,21 @@ static int breakdown(int B)
             /* Replay sd_graph_backward node by node (see the comment above). */
             if (collect(loss, &nodes, &nn)) return 1;
             qsort(nodes, nn, sizeof *nodes, cmp_node_addr);
+            /* All gradients at once, outside the arena (which sd_graph_backward
+             * sized for recycled gradients); backward scratch is rewound after
+             * each node as sd_graph_backward does. */
+            size_t all_grad = 0;
+            for (size_t k = 0; k < nn; k++)
+                if (nodes[k].t->backward) all_grad += nodes[k].t->numel;
+            sd_free(replay_grads);
+            replay_grads = sd_malloc((all_grad ? all_grad : 1) * sizeof(float));
+            if (!replay_grads) return 1;
             double z0 = now();
-            for (size_t k = 0; k < nn; k++) {
+            for (size_t k = 0, off = 0; k < nn; k++) {
                 sd_tensor *t = nodes[k].t;
                 if (!t->backward) continue;
-                if (!t->grad) t->grad = sd_graph_alloc_floats(g, t->numel);
-                if (!t->grad) return 1;
+                t->grad = replay_grads + off;
+                off += t->numel;
                 memset(t->grad, 0, t->numel * sizeof(float));
             }
             loss->grad[0] = 1.0f;
@@ -429,12 +439,14 @@ static int breakdown(int B)
             for (size_t k = nn; k-- > 0;) {
                 sd_tensor *t = nodes[k].t;
                 if (!t->backward) continue;
+                sd_arena_mark mark = sd__arena_mark(g);
                 char *a0 = sd_graph_alloc(g, 64);
                 double s0 = now();
                 if (t->backward(g, t) != SD_OK) return 1;
                 nodes[k].bwd_s = now() - s0;
                 char *a1 = sd_graph_alloc(g, 64);
                 nodes[k].bwd_scratch = (size_t)(addr(a1) - addr(a0)) - 64;
+                sd__arena_rewind(g, mark);
             }
         }
         double t2 = now();
@@ -485,6 +497,7 @@ static int breakdown(int B)
            "parameter gradients differ from sd_graph_backward's by %.2g of their max)\n\n",
            nn, 1e3 * zero_s, replay_diff);
     sd_free(ref_grad);
+    sd_free(replay_grads);
 
     /* Forward scratch: gap after each arena tensor's data to the next block. */
     typedef struct blk {
@@ -563,14 +576,16 @@ static int breakdown(int B)
                rows[i].bscr_b / MIB, 1e3 * rows[i].bwd_s);
     printf("  %-18s %5zu %5s %9.1f %9.1f %9.1f %9.1f %9.1f\n", "total", nn, "", tot_out / MIB,
            tot_grad / MIB, tot_fs / MIB, tot_bs / MIB, 1e3 * tot_bwd);
-    double fwd_used = (double)(addr(fwd_end) - addr(lo)),
-           grad_used = (double)(addr(grad_end) - addr(fwd_end)),
-           all_used = (double)(addr(hi) - addr(lo));
-    printf("\narena: %.1f MiB held; this step used %.1f MiB = forward %.1f (outputs %.1f, "
-           "scratch %.1f, headers/other %.1f) + gradients %.1f + backward scratch %.1f\n",
-           (double)sd_graph_arena_bytes(g) / MIB, all_used / MIB, fwd_used / MIB, tot_out / MIB,
-           tot_fs / MIB, (fwd_used - tot_out - tot_fs) / MIB, grad_used / MIB,
-           (all_used - fwd_used - grad_used) / MIB);
+    double fwd_used = (double)(addr(fwd_end) - addr(lo)), max_bscr = 0.0;
+    for (size_t k = 0; k < nn; k++)
+        if ((double)nodes[k].bwd_scratch > max_bscr) max_bscr = (double)nodes[k].bwd_scratch;
+    printf("\narena: %.1f MiB held, %.1f MiB peak in sd_graph_backward's step = forward %.1f "
+           "(outputs %.1f, scratch kept %.1f, headers/other %.1f) + recycled gradients and "
+           "backward scratch (rewound after each node; largest %.1f)\n"
+           "       the replay holds all %.1f MiB of gradients at once, outside the arena\n",
+           (double)sd_graph_arena_bytes(g) / MIB, (double)sd_graph_arena_peak(g) / MIB,
+           fwd_used / MIB, tot_out / MIB, tot_fs / MIB, (fwd_used - tot_out - tot_fs) / MIB,
+           max_bscr / MIB, tot_grad / MIB);
     printf("       (%zu view blocks shared, %.2f MiB before the first tensor, %.2f MiB after "
            "headers)\n", dup, (double)first_gap / MIB, (double)other_fwd / MIB);
     printf("process: peak RSS %.1f MiB, current %.1f MiB\n", proc_status_bytes("VmHWM:") / MIB,

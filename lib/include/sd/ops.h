@@ -21,6 +21,13 @@ typedef struct sd_rng sd_rng;
 
 /* ---- elementwise binary, broadcasting (lib/ops_elementwise.c) ---------- */
 sd_tensor *sd_add(sd_graph *g, sd_tensor *a, sd_tensor *b);
+/* In place: out = (a + b) * s written over a's buffer (b the same shape as a,
+ * or broadcast along whole runs, e.g. [N, C, 1, 1] onto [N, C, H, W]); equal
+ * to sd_scale(sd_add(a, b), s) bit for bit. Saves one activation of memory,
+ * so a must be an op output whose value no backward reads and that is not
+ * used again (conv2d and linear outputs qualify, their backward reads only
+ * their inputs); a leaf is refused. */
+sd_tensor *sd_add_into(sd_graph *g, sd_tensor *a, sd_tensor *b, float s);
 sd_tensor *sd_sub(sd_graph *g, sd_tensor *a, sd_tensor *b);
 sd_tensor *sd_mul(sd_graph *g, sd_tensor *a, sd_tensor *b);
 sd_tensor *sd_div(sd_graph *g, sd_tensor *a, sd_tensor *b);

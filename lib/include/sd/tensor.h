@@ -100,6 +100,9 @@ bool sd_graph_grad_enabled(const sd_graph *g);
 sd_status sd_graph_status(const sd_graph *g);
 /* Bytes currently held by the arena (for memory benchmarks). */
 size_t sd_graph_arena_bytes(const sd_graph *g);
+/* Most arena bytes in use at once during the current step, or the previous
+ * one if that was more (the memory a step of this graph needs). */
+size_t sd_graph_arena_peak(const sd_graph *g);
 
 /* ---- tensors ----------------------------------------------------------- */
 /* New arena tensor, data uninitialised / zeroed. NULL on bad shape or OOM. */
@@ -122,11 +125,23 @@ bool sd_same_shape(const sd_tensor *a, const sd_tensor *b);
 /* ---- reverse mode ------------------------------------------------------ */
 /* Vector-Jacobian product: sets out's cotangent (numel floats; NULL means all
  * ones, i.e. the gradient of sum(out), which for a scalar loss is d loss), then
- * runs every recorded backward in reverse order. Gradients of arena tensors
- * requiring grad are zeroed first; parameter grads are accumulated into. */
+ * runs every recorded backward in reverse order. Gradients of arena leaves
+ * requiring grad are zeroed first; parameter grads are accumulated into.
+ * Intermediate (recorded) tensors get gradient buffers only while they are
+ * live and lose them again (grad == NULL afterwards): read gradients of
+ * leaves and parameters, not of op outputs. */
 sd_status sd_graph_backward(sd_graph *g, sd_tensor *out, const float *cotangent);
 
 /* ---- helpers for op implementations (lib/ops_*.c) ----------------------- */
+/* Scratch that an op needs only while it runs: take a mark before allocating
+ * it and rewind to the mark when done, so the next op reuses the bytes. Only
+ * valid if nothing allocated after the mark is still referenced. */
+typedef struct sd_arena_mark {
+    void *chunk;
+    size_t used;
+} sd_arena_mark;
+sd_arena_mark sd__arena_mark(sd_graph *g);
+void sd__arena_rewind(sd_graph *g, sd_arena_mark m);
 /* Create the output of an op: allocates the tensor, and if recording and any
  * source requires grad, puts it on the tape with `backward` and `srcs`.
  * srcs may contain NULL past n_src. Returns NULL (and sets the sticky status)
