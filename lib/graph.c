@@ -492,6 +492,9 @@ void sd_threads_init(int n)
     if (n <= 0) n = omp_get_max_threads(); /* honours OMP_NUM_THREADS */
     sd_num_threads = n;
     omp_set_num_threads(n);
+    /* An op inside a parallel region (data-parallel training shards, one
+     * per thread) runs single-threaded rather than spawning n more. */
+    omp_set_max_active_levels(1);
     /* Our parallel loops call sgemm from inside OpenMP regions; a multi-
      * threaded OpenBLAS there would oversubscribe the cores. */
     openblas_set_num_threads(1);

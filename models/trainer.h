@@ -9,6 +9,15 @@
  *
  * Numerics: a step whose loss or gradient norm is not finite is refused
  * (SD_ERR_NUMERIC, message names the step) before anything is updated.
+ *
+ * Threads: with T = sd_threads_get() > 1 threads and a batch of at least 2T
+ * items, the batch is cut into T fixed shards of consecutive rows, one per
+ * thread, each with its own graph and gradient buffer, run single-threaded
+ * inside (data parallelism: no barrier inside ops, each core at its
+ * one-thread efficiency); the loss is sum_k (B_k / B) loss_k and the
+ * gradients are summed in shard order. Shard k draws its times and noise from
+ * sd_rng_split(step stream, k), so results are reproducible for a given
+ * thread count (and differ between thread counts, as OpenMP reductions would).
  */
 #ifndef SD_TRAINER_H
 #define SD_TRAINER_H
@@ -34,6 +43,12 @@ typedef struct sd_trainer {
     sd_optimizer *opt;
     float *ema;       /* EMA of the parameters, same flat layout */
     sd_graph *graph;
+    /* data-parallel shards (see above); n_shards = 0 until first needed */
+    int n_shards;
+    sd_graph **shard_graph;
+    float **shard_grad;    /* [n_shards][total] */
+    sd_params *shard_params; /* shallow copies whose grad is shard_grad[k] */
+    sd_model *shard_model;   /* shallow copies using shard_params[k] */
     sd_rng time_base, noise_base;
     int64_t step;     /* steps completed */
     float last_loss, last_grad_norm, last_lr;

@@ -125,6 +125,78 @@ START_TEST(test_dsm_learns_mixture_score)
 }
 END_TEST
 
+/* Data-parallel step (trainer.h): with T threads the step's loss and
+ * gradient are sum_k (B_k / B) loss_k and the sum of the shards' gradients,
+ * shard k = rows [B k / T, B (k+1) / T) with streams split(step stream, k).
+ * Recomputed here serially from that formula; the shards run the same
+ * single-threaded kernels in both, so agreement is to float rounding of the
+ * final sums (1e-6 relative). Also run for an uneven split (B = 11). */
+START_TEST(test_sharded_step_matches_formula)
+{
+    const int T = 2;
+    for (int B = 10; B <= 11; B++) {
+        sd_sde sde;
+        ck_assert_int_eq(sd_sde_parse("ve:sigma_min=0.01,sigma_max=5", &sde), SD_OK);
+        sd_model *m, *ref;
+        ck_assert_int_eq(sd_model_new_network("mlp", NULL, 2, 1, 1, &sde, &m), SD_OK);
+        ck_assert_int_eq(sd_model_new_network("mlp", NULL, 2, 1, 1, &sde, &ref), SD_OK);
+        sd_model_init(m, 3);
+        sd_model_init(ref, 3);
+        float x0[22];
+        for (int i = 0; i < 2 * B; i++) x0[i] = (float)sin(1.7 * i) * 2.0f;
+        sd_train_config cfg = sd_train_config_default(&sde, 10, 5);
+        cfg.clip = 0.0f; /* p->grad keeps the raw gradient */
+        sd_trainer *tr;
+        ck_assert_int_eq(sd_trainer_new(m, &cfg, &tr), SD_OK);
+        sd_threads_init(T);
+        ck_assert_int_eq(sd_trainer_step(tr, x0, B), SD_OK);
+        sd_threads_init(1);
+        ck_assert_int_eq(tr->n_shards, T);
+
+        sd_params *rp = ref->params;
+        size_t n = rp->total;
+        double *want = calloc(n, sizeof *want);
+        ck_assert_ptr_nonnull(want);
+        sd_rng tbase, nbase, trng, nrng;
+        sd_rng_init(&tbase, 5, SD_STREAM_TIME);
+        sd_rng_init(&nbase, 5, SD_STREAM_NOISE);
+        sd_rng_split(&tbase, 0, &trng);
+        sd_rng_split(&nbase, 0, &nrng);
+        double loss = 0.0;
+        sd_graph *g = sd_graph_new();
+        for (int k = 0; k < T; k++) {
+            int i0 = B * k / T, i1 = B * (k + 1) / T;
+            sd_rng tk, nk;
+            sd_rng_split(&trng, (uint64_t)k, &tk);
+            sd_rng_split(&nrng, (uint64_t)k, &nk);
+            sd_graph_reset(g);
+            sd_params_zero_grad(rp);
+            sd_tensor *l = sd_objective_loss(&cfg.objective, ref, g, x0 + 2 * i0, i1 - i0, &tk, &nk,
+                                             NULL);
+            ck_assert_ptr_nonnull(l);
+            float w = (float)(i1 - i0) / (float)B;
+            loss += (double)w * l->data[0];
+            ck_assert_int_eq(sd_graph_backward(g, l, &w), SD_OK);
+            for (size_t i = 0; i < n; i++) want[i] += rp->grad[i];
+        }
+        double worst = 0.0, gmax = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            worst = fmax(worst, fabs(m->params->grad[i] - want[i]));
+            gmax = fmax(gmax, fabs(want[i]));
+        }
+        ck_assert_msg(gmax > 0.0, "zero gradient");
+        ck_assert_msg(worst <= 1e-6 * gmax, "B=%d: gradient differs by %g (max %g)", B, worst, gmax);
+        ck_assert_msg(fabs(tr->last_loss - loss) <= 1e-6 * fabs(loss), "B=%d: loss %g, formula %g", B,
+                      (double)tr->last_loss, loss);
+        free(want);
+        sd_graph_free(g);
+        sd_trainer_free(tr);
+        sd_model_free(m);
+        sd_model_free(ref);
+    }
+}
+END_TEST
+
 int main(void)
 {
     /* One thread: the mlp's ops are too small for a second one to pay, and the
@@ -134,6 +206,7 @@ int main(void)
     TCase *tc = tcase_create("train");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_dsm_learns_mixture_score);
+    tcase_add_test(tc, test_sharded_step_matches_formula);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -50,6 +50,17 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Arena bytes held (or peak in use) by the trainer's graph and, when the
+ * step is sharded over threads (trainer.h), by every shard's graph. */
+static double arena_total(const sd_trainer *t, bool peak)
+{
+    double sum = (double)(peak ? sd_graph_arena_peak(t->graph) : sd_graph_arena_bytes(t->graph));
+    for (int k = 0; k < t->n_shards; k++)
+        sum += (double)(peak ? sd_graph_arena_peak(t->shard_graph[k])
+                             : sd_graph_arena_bytes(t->shard_graph[k]));
+    return sum;
+}
+
 /* User + system CPU seconds of this process (all threads). */
 static double cpu_seconds(void)
 {
@@ -163,8 +174,8 @@ static int run_one(int B)
            "cpu_ms_img=%.2f peak_rss_mib=%.1f base_rss_mib=%.1f arena_mib=%.1f arena_peak_mib=%.1f params=%zu threads=%d "
            "loss=%.4g\n",
            B, ips[nw / 2], ips[0], ips[nw - 1], cpu_ms, peak / MIB, rss0 / MIB,
-           (double)sd_graph_arena_bytes(b.trainer->graph) / MIB,
-           (double)sd_graph_arena_peak(b.trainer->graph) / MIB, sd_params_trainable_count(b.model->params), sd_threads_get(),
+           arena_total(b.trainer, false) / MIB, arena_total(b.trainer, true) / MIB,
+           sd_params_trainable_count(b.model->params), sd_threads_get(),
            (double)b.trainer->last_loss);
     bench_close(&b);
     return 0;
