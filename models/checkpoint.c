@@ -65,13 +65,20 @@ sd_status sd_checkpoint_save(const char *path, const sd_model *m, const sd_train
     } else {
         snprintf(optim, sizeof optim, "none");
     }
+    /* A dense family's spec names its C file; the matrix itself is stored as
+     * "sde_cov" so that the checkpoint does not depend on that file. */
+    char cov[SD_SDE_DENSE_MAX * SD_SDE_DENSE_MAX * 26 + 64];
+    bool dense = m->sde.kind == SD_SDE_DENSE;
+    if (dense && (st = sd_sde_cov_json(&m->sde, cov, sizeof cov)) != SD_OK) goto done;
     const char *keys[] = {"format", "version", "model_config", "sde", "data_shape",
-                          "data_transform", "step", "seed", "batch", "optimizer", "train"};
+                          "data_transform", "step", "seed", "batch", "optimizer", "train",
+                          "sde_cov"};
     const char *vals[] = {CKPT_FORMAT, CKPT_VERSION, config, sde, shape,
                           meta && meta->data_transform[0] ? meta->data_transform : "identity",
                           step, seed, batch, optim,
-                          meta && meta->train_json[0] ? meta->train_json : "{}"};
-    st = sd_safetensors_write(path, e, n, keys, vals, sizeof keys / sizeof *keys);
+                          meta && meta->train_json[0] ? meta->train_json : "{}", cov};
+    size_t n_keys = sizeof keys / sizeof *keys - (dense ? 0 : 1);
+    st = sd_safetensors_write(path, e, n, keys, vals, n_keys);
 done:
     sd_free(e);
     sd_free(names);
@@ -152,7 +159,8 @@ sd_status sd_checkpoint_load_model(const char *path, bool use_ema, sd_model **ou
         st = sd_error(SD_ERR_FORMAT, "%s: metadata lacks sde or model_config", path);
         goto fail;
     }
-    if ((st = sd_sde_parse(sde_spec, &sde)) != SD_OK) {
+    if ((st = sd_sde_parse_with_cov(sde_spec, sd_safetensors_meta(f, "sde_cov"), &sde)) !=
+        SD_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", sd_error_message());
         st = sd_error(SD_ERR_FORMAT, "%s: %s", path, msg);

@@ -7,7 +7,10 @@
  * __metadata__ (strings only): format "scorediff-checkpoint", version "1",
  * model_config (JSON), sde (canonical spec), data_shape "C,H,W",
  * data_transform, step, seed, optimizer ("adam lr=.. beta1=.. ..."), train
- * (JSON of the training settings: batch, steps, warmup, clip, ema, objective).
+ * (JSON of the training settings: batch, steps, warmup, clip, ema, objective),
+ * and for the dense noise family sde_cov, its matrix C as {"C": [[..], ..]}
+ * (the spec only names the JSON file it was read from; loading uses the
+ * stored matrix, so the checkpoint stands alone).
  * The RNG state is (seed, step): every step's randomness is a child stream of
  * the seed indexed by the step (trainer.h), and the data order is a function
  * of (seed, epoch).

@@ -200,8 +200,8 @@ static double point_terms(const sd_gmm *g, const float *x, double *y, double *lw
     return lmax + log(sum);
 }
 
-sd_status sd_gmm_score(sd_gmm *g, const sd_sde *sde, double t, const float *x, float *score,
-                       size_t n)
+static sd_status lin_gmm_score(sd_gmm *g, const sd_sde *sde, double t, const float *x,
+                               float *score, size_t n)
 {
     sd_status st = prepare(g, sde, t);
     if (st != SD_OK) return st;
@@ -229,8 +229,8 @@ sd_status sd_gmm_score(sd_gmm *g, const sd_sde *sde, double t, const float *x, f
     return SD_OK;
 }
 
-sd_status sd_gmm_logp(sd_gmm *g, const sd_sde *sde, double t, const float *x, double *logp,
-                      size_t n)
+static sd_status lin_gmm_logp(sd_gmm *g, const sd_sde *sde, double t, const float *x,
+                              double *logp, size_t n)
 {
     sd_status st = prepare(g, sde, t);
     if (st != SD_OK) return st;
@@ -448,8 +448,8 @@ static void point_dirs(sd_gmm *g, const float *x, double *r, double *s, double *
             for (int i = 0; i < D; i++) d[(size_t)k * D + i] -= s[i];
 }
 
-sd_status sd_gmm_score_hessian(sd_gmm *g, const sd_sde *sde, double t, const float *x,
-                               float *score, double *H, size_t n)
+static sd_status lin_gmm_score_hessian(sd_gmm *g, const sd_sde *sde, double t, const float *x,
+                                       float *score, double *H, size_t n)
 {
     sd_status st = hess_prepare(g, sde, t, 1);
     if (st != SD_OK) return st;
@@ -474,8 +474,8 @@ sd_status sd_gmm_score_hessian(sd_gmm *g, const sd_sde *sde, double t, const flo
     return SD_OK;
 }
 
-sd_status sd_gmm_score_hvp(sd_gmm *g, const sd_sde *sde, double t, const float *x, size_t n,
-                           const float *v, int m, float *score, double *hv)
+static sd_status lin_gmm_score_hvp(sd_gmm *g, const sd_sde *sde, double t, const float *x,
+                                   size_t n, const float *v, int m, float *score, double *hv)
 {
     sd_status st = hess_prepare(g, sde, t, 0);
     if (st != SD_OK) return st;
@@ -511,4 +511,134 @@ sd_status sd_gmm_score_hvp(sd_gmm *g, const sd_sde *sde, double t, const float *
             for (int i = 0; i < D; i++) score[p * D + i] = (float)s[i];
     }
     return SD_OK;
+}
+
+/* ---- the state family: change of variables x = asinh(y) ------------------ */
+
+/* Under sde.h's `state` family the data are x_0 = asinh(y_0) with y_0 from
+ * the mixture, and x_t = asinh(y_t) with y_t the ve diffusion of y_0, so
+ *     p_t(x) = p^ve_t(y) prod_i cosh x_i,    y = sinh x,
+ *     s_x = cosh(x) s_y(y) + tanh x,
+ *     H_x = diag(cosh x) H_y diag(cosh x) + diag(sinh(x) s_y + sech^2 x),
+ * with p^ve_t, s_y, H_y the mixture's under ve (the formulas above). */
+static sd_sde state_base(const sd_sde *sde)
+{
+    sd_sde ve;
+    memset(&ve, 0, sizeof ve);
+    ve.kind = SD_SDE_VE;
+    ve.sigma_min = sde->sigma_min;
+    ve.sigma_max = sde->sigma_max;
+    return ve;
+}
+
+/* y = sinh x as floats, and s_y (if sy) into a buffer of the same size. */
+static sd_status state_points(const float *x, size_t count, float **y, float **sy)
+{
+    size_t bytes = (count ? count : 1) * sizeof(float); /* n = 0 is a valid call */
+    *y = sd_malloc(bytes);
+    if (sy) *sy = sd_malloc(bytes);
+    if (!*y || (sy && !*sy)) {
+        sd_free(*y);
+        if (sy) sd_free(*sy);
+        return SD_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < count; i++) (*y)[i] = (float)sinh((double)x[i]);
+    return SD_OK;
+}
+
+sd_status sd_gmm_score(sd_gmm *g, const sd_sde *sde, double t, const float *x, float *score,
+                       size_t n)
+{
+    if (sde->kind != SD_SDE_STATE) return lin_gmm_score(g, sde, t, x, score, n);
+    sd_sde ve = state_base(sde);
+    size_t count = n * (size_t)g->D;
+    float *y;
+    sd_status st = state_points(x, count, &y, NULL);
+    if (st != SD_OK) return st;
+    st = lin_gmm_score(g, &ve, t, y, score, n);
+    for (size_t i = 0; i < count && st == SD_OK; i++) {
+        double xi = x[i];
+        score[i] = (float)(cosh(xi) * score[i] + tanh(xi));
+    }
+    sd_free(y);
+    return st;
+}
+
+sd_status sd_gmm_logp(sd_gmm *g, const sd_sde *sde, double t, const float *x, double *logp,
+                      size_t n)
+{
+    if (sde->kind != SD_SDE_STATE) return lin_gmm_logp(g, sde, t, x, logp, n);
+    sd_sde ve = state_base(sde);
+    size_t D = (size_t)g->D;
+    float *y;
+    sd_status st = state_points(x, n * D, &y, NULL);
+    if (st != SD_OK) return st;
+    st = lin_gmm_logp(g, &ve, t, y, logp, n);
+    for (size_t p = 0; p < n && st == SD_OK; p++)
+        for (size_t i = 0; i < D; i++) logp[p] += log(cosh((double)x[p * D + i]));
+    sd_free(y);
+    return st;
+}
+
+sd_status sd_gmm_score_hessian(sd_gmm *g, const sd_sde *sde, double t, const float *x,
+                               float *score, double *H, size_t n)
+{
+    if (sde->kind != SD_SDE_STATE) return lin_gmm_score_hessian(g, sde, t, x, score, H, n);
+    sd_sde ve = state_base(sde);
+    size_t D = (size_t)g->D;
+    float *y, *sy;
+    sd_status st = state_points(x, n * D, &y, &sy);
+    if (st != SD_OK) return st;
+    st = lin_gmm_score_hessian(g, &ve, t, y, sy, H, n);
+    for (size_t p = 0; p < n && st == SD_OK; p++) {
+        const float *xp = x + p * D;
+        double *Hp = H + p * D * D;
+        for (size_t i = 0; i < D; i++)
+            for (size_t j = 0; j < D; j++)
+                Hp[i * D + j] *= cosh((double)xp[i]) * cosh((double)xp[j]);
+        for (size_t i = 0; i < D; i++) {
+            double xi = xp[i], c = cosh(xi);
+            Hp[i * D + i] += sinh(xi) * sy[p * D + i] + 1.0 / (c * c);
+            if (score) score[p * D + i] = (float)(c * sy[p * D + i] + tanh(xi));
+        }
+    }
+    sd_free(y);
+    sd_free(sy);
+    return st;
+}
+
+sd_status sd_gmm_score_hvp(sd_gmm *g, const sd_sde *sde, double t, const float *x, size_t n,
+                           const float *v, int m, float *score, double *hv)
+{
+    if (sde->kind != SD_SDE_STATE) return lin_gmm_score_hvp(g, sde, t, x, n, v, m, score, hv);
+    sd_sde ve = state_base(sde);
+    size_t D = (size_t)g->D, rows = n * (size_t)m;
+    float *y, *sy, *cv = sd_malloc((rows ? rows : 1) * D * sizeof(float));
+    sd_status st = cv ? state_points(x, n * D, &y, &sy) : SD_ERR_NOMEM;
+    if (st != SD_OK) {
+        sd_free(cv);
+        return st;
+    }
+    /* H_x v = cosh . H_y (cosh . v) + (sinh s_y + sech^2) . v */
+    for (size_t p = 0; p < n; p++)
+        for (int j = 0; j < m; j++)
+            for (size_t i = 0; i < D; i++) {
+                size_t r = (p * (size_t)m + j) * D + i;
+                cv[r] = (float)(cosh((double)x[p * D + i]) * v[r]);
+            }
+    st = lin_gmm_score_hvp(g, &ve, t, y, n, cv, m, sy, hv);
+    for (size_t p = 0; p < n && st == SD_OK; p++) {
+        for (size_t i = 0; i < D; i++) {
+            double xi = x[p * D + i], c = cosh(xi), d = sinh(xi) * sy[p * D + i] + 1.0 / (c * c);
+            for (int j = 0; j < m; j++) {
+                size_t r = (p * (size_t)m + j) * D + i;
+                hv[r] = c * hv[r] + d * v[r];
+            }
+            if (score) score[p * D + i] = (float)(c * sy[p * D + i] + tanh(xi));
+        }
+    }
+    sd_free(cv);
+    sd_free(y);
+    sd_free(sy);
+    return st;
 }

@@ -6,7 +6,11 @@
  * so its score and log-density are known exactly:
  *     grad log p_t(x) = -sum_k r_k(x) S_k^{-1} (x - A mu_k),  S_k = A C_k A^T + Sigma,
  * with responsibilities r_k = softmax_k(log w_k + log N(x; A mu_k, S_k)).
- * This is the ground truth for sampler and likelihood tests.
+ * This is the ground truth for sampler and likelihood tests. Every linear
+ * family (sde.h: the isotropic ones, dct, dense) enters through
+ * sd_sde_kernel_dense. Under the state family the mixture describes y_0 and
+ * the data are x_0 = asinh(y_0); scores, densities and Hessians follow by the
+ * change of variables y = sinh x (gmm.c), and sd_gmm_sample still returns y_0.
  *
  * JSON: {"weights": [..K], "means": [[..D], ..K], "covs": [[[..D]..D], ..K]}.
  * Weights must be positive and sum to 1 (within 1e-6 relative), covariances

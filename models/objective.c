@@ -2,6 +2,7 @@
 #include "objective.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "sd/ops.h"
@@ -41,25 +42,33 @@ static sd_tensor *dsm_loss(const sd_objective *obj, sd_model *m, sd_graph *g, co
                            int B, sd_rng *noise_rng, double *t)
 {
     size_t D = m->D;
+    /* state: per-coordinate metric h'(y) (sd_sde_perturb); linear families: none */
+    bool metric = sd_sde_state_dependent(&m->sde);
     sd_tensor *xt = batch_tensor(m, g, B), *target = batch_tensor(m, g, B);
+    sd_tensor *mt = metric ? batch_tensor(m, g, B) : NULL;
     sd_tensor *w = sd_tensor_new(g, xt ? xt->ndim : 2,
                                  (m->H == 1 && m->W == 1) ? (int[]){B, 1} : (int[]){B, 1, 1, 1});
-    float *z = sd_graph_alloc_floats(g, D), *noise = sd_graph_alloc_floats(g, D);
-    if (!xt || !target || !w || !z || !noise) return NULL;
+    float *z = sd_graph_alloc_floats(g, D);
+    if (!xt || !target || !w || !z || (metric && !mt)) return NULL;
     for (int i = 0; i < B; i++) {
         float *xi = xt->data + (size_t)i * D, *ti = target->data + (size_t)i * D;
         sd_rng_fill_normal(noise_rng, z, D, 0.0f, 1.0f);
-        sd_sde_apply_mean(&m->sde, t[i], x0 + (size_t)i * D, xi, 1, D);
-        sd_sde_apply_std(&m->sde, t[i], z, noise, 1, D);
-        for (size_t j = 0; j < D; j++) xi[j] += noise[j];
-        /* target = -Sigma^{-1} (Sigma^{1/2} z) */
-        sd_sde_apply_inv_cov(&m->sde, t[i], noise, ti, 1, D);
-        for (size_t j = 0; j < D; j++) ti[j] = -ti[j];
+        /* x_t = A x0 + Sigma^{1/2} z, target = -Sigma^{-1} (Sigma^{1/2} z)
+         * (state: the change-of-variables kernel; see sde.h) */
+        sd_status st = sd_sde_perturb(&m->sde, t[i], x0 + (size_t)i * D, z, xi, ti,
+                                      metric ? mt->data + (size_t)i * D : NULL, 1, D);
+        if (st != SD_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", sd_error_message());
+            return sd__op_fail(g, st, "dsm: %s", msg);
+        }
         /* sum_i 0.5 lambda_i ||.||^2 / B as a squared norm of w_i * diff_i */
         w->data[i] = (float)sqrt(0.5 * weight(obj, &m->sde, t[i]) / B);
     }
     sd_tensor *s = sd_model_forward(m, g, xt, t);
-    return sd_sq_norm(g, sd_mul(g, sd_sub(g, s, target), w));
+    sd_tensor *diff = sd_mul(g, sd_sub(g, s, target), w);
+    if (metric) diff = sd_mul(g, diff, mt);
+    return sd_sq_norm(g, diff);
 }
 
 static sd_tensor *ssm_loss(const sd_objective *obj, sd_model *m, sd_graph *g, const float *x0,
@@ -72,17 +81,22 @@ static sd_tensor *ssm_loss(const sd_objective *obj, sd_model *m, sd_graph *g, co
     sd_tensor *v = sd_tensor_new(g, 2, (int[]){B, (int)D});
     sd_tensor *wj = sd_tensor_new(g, 2, (int[]){B, 1}), *wq = sd_tensor_new(g, 2, (int[]){B, 1});
     float *z = sd_graph_alloc_floats(g, D), *xt = sd_graph_alloc_floats(g, D);
-    if (!xp || !xm || !v || !wj || !wq || !z || !xt) return NULL;
+    float *tg = sd_graph_alloc_floats(g, D); /* the DSM target, unused here */
+    if (!xp || !xm || !v || !wj || !wq || !z || !xt || !tg) return NULL;
     for (int i = 0; i < B; i++) {
         sd_rng_fill_normal(noise_rng, z, D, 0.0f, 1.0f);
-        sd_sde_apply_mean(&m->sde, t[i], x0 + (size_t)i * D, xt, 1, D);
-        sd_sde_apply_std(&m->sde, t[i], z, z, 1, D);
+        sd_status st = sd_sde_perturb(&m->sde, t[i], x0 + (size_t)i * D, z, xt, tg, NULL, 1, D);
+        if (st != SD_OK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", sd_error_message());
+            return sd__op_fail(g, st, "ssm: %s", msg);
+        }
         float *vi = v->data + (size_t)i * D;
         if (obj->projection == SD_PROJ_RADEMACHER) sd_rng_fill_rademacher(noise_rng, vi, D);
         else sd_rng_fill_normal(noise_rng, vi, D, 0.0f, 1.0f);
         double h = obj->fd_step * sd_sde_sigma(&m->sde, t[i]);
         for (size_t j = 0; j < D; j++) {
-            float base = xt[j] + z[j];
+            float base = xt[j];
             xp->data[(size_t)i * D + j] = base + (float)h * vi[j];
             xm->data[(size_t)i * D + j] = base - (float)h * vi[j];
         }

@@ -8,6 +8,13 @@
  *     loss = mean_i 0.5 lambda(t_i) || s(x_t, t_i) - target_i ||^2,
  * with lambda = sigma(t)^2 (the kernel variance: "variance" weighting, the
  * default) or lambda = g(t)^2 ("likelihood" weighting, Song et al. 2021b).
+ * Matrix-valued families (sde.h) use the same code through sd_sde_perturb:
+ * dct has Sigma = sigma^2 I, so sigma^2 ||target||^2 = ||z||^2 at every t;
+ * dense has target = -L^{-T} z / sigma, so sigma^2 ||target||^2 has the
+ * constant mean tr C^{-1}: both keep the levels balanced with lambda =
+ * sigma^2. state weights each coordinate by h'(y)^2 as well (sd_sde_perturb's
+ * metric), the y-space variance weighting, since there s_y - target_y =
+ * h'(y) (s_x - target_x).
  *
  * Sliced score matching (Song et al. 2019, "Sliced Score Matching") needs no
  * perturbation kernel score: with projections v (Rademacher or Gaussian),

@@ -65,6 +65,7 @@ sd_status sd_model_new_network(const char *name, const sd_unet_config *ucfg, int
         st = sd_error(SD_ERR_INVALID, "unknown model '%s' (unet-28, unet-32, unet, mlp)", name);
         goto fail;
     }
+    if ((st = sd_sde_bind_shape(&m->sde, C, H, W)) != SD_OK) goto fail;
     if ((st = sd_params_finalize(m->params)) != SD_OK) goto fail;
     m->C = C;
     m->H = H;
@@ -83,10 +84,29 @@ sd_status sd_model_new_gmm(sd_gmm *gmm, const sd_sde *sde, sd_model **out)
     sd_model *m = model_alloc(sde);
     if (!m) return SD_ERR_NOMEM;
     m->kind = SD_MODEL_GMM;
-    m->gmm = gmm;
     m->C = sd_gmm_dim(gmm);
     m->H = m->W = 1;
     m->D = (size_t)m->C;
+    sd_status st = SD_OK;
+    if (sde->kind == SD_SDE_DCT) {
+        /* The mixture's points are flat: the image shape comes from the spec,
+         * and the model takes it (samples are then images). */
+        if (sde->shape_c < 1)
+            st = sd_error(SD_ERR_INVALID, "model gmm: --sde dct needs shape=CxHxW (the mixture "
+                                          "has %zu flat dimensions)", m->D);
+        else if ((size_t)sde->shape_c * sde->shape_h * sde->shape_w != m->D)
+            st = sd_error(SD_ERR_INVALID, "model gmm: dct shape=%dx%dx%d does not hold the "
+                                          "mixture's %zu dimensions", sde->shape_c, sde->shape_h,
+                          sde->shape_w, m->D);
+        else
+            m->C = sde->shape_c, m->H = sde->shape_h, m->W = sde->shape_w;
+    }
+    if (st == SD_OK) st = sd_sde_bind_shape(&m->sde, m->C, m->H, m->W);
+    if (st != SD_OK) {
+        sd_free(m); /* the caller keeps the gmm on failure */
+        return st;
+    }
+    m->gmm = gmm;
     *out = m;
     return SD_OK;
 }

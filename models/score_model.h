@@ -10,7 +10,10 @@
  *
  * The networks are conditioned as reference-model.md says: the embedding gets
  * c = sd_sde_cond(t) (log sigma or t) and the output is divided by
- * sigma = sd_sde_sigma(t), the kernel's marginal standard deviation.
+ * sigma = sd_sde_sigma(t), the kernel's marginal standard deviation (for the
+ * matrix-valued families VE's unblurred sigma(t)). Building a model binds the
+ * family to the data shape (sd_sde_bind_shape: dct's image shape, dense's
+ * dimension).
  *
  * The model config round-trips through a JSON string (sd_model_config_json /
  * sd_model_from_config_json) stored in checkpoints.
@@ -42,7 +45,10 @@ typedef struct sd_model {
  * initialised (call sd_model_init, or load a checkpoint). */
 sd_status sd_model_new_network(const char *name, const sd_unet_config *ucfg, int C, int H, int W,
                                const sd_sde *sde, sd_model **out);
-/* Wrap an analytic mixture (takes ownership of gmm). */
+/* Wrap an analytic mixture (takes ownership of gmm on success; on failure the
+ * caller still owns it). Under dct the model takes the spec's image shape
+ * (shape=CxHxW, required: the mixture's points are flat); under dense the
+ * mixture's dimension must be C's. */
 sd_status sd_model_new_gmm(sd_gmm *gmm, const sd_sde *sde, sd_model **out);
 void sd_model_free(sd_model *m);
 /* PyTorch-default initialisation from (seed, SD_STREAM_INIT). */

@@ -161,8 +161,9 @@ static sd_status elbo_chunk(sd_lik *lk, const float *x, size_t nc, uint64_t inde
         if (dec == SD_LIK_DEC_EM) {
             double dt = t1 - t0, var = sd_sde_g2(sde, t1) * dt;
             float *drift = aux;
-            sd_sde_drift(sde, t1, xf, drift, R, D);
-            sd_sde_apply_GGT(sde, t1, s, xf, R, D); /* xf no longer needed */
+            if ((st = sd_sde_drift(sde, t1, xf, drift, R, D)) != SD_OK ||
+                (st = sd_sde_apply_GGT(sde, t1, NULL, s, xf, R, D)) != SD_OK) /* xf now free */
+                return st;
             for (size_t r = 0; r < R; r++) {
                 for (size_t j = 0; j < D; j++)
                     mu[j] = xb[r * D + j] - ((double)drift[r * D + j] - xf[r * D + j]) * dt;
@@ -215,6 +216,13 @@ sd_status sd_lik_elbo(sd_lik *lk, const float *x, size_t n, uint64_t index0, int
                       int64_t *nfe)
 {
     if (K < 1 || K > 1000000) return sd_error(SD_ERR_INVALID, "elbo: K must be in [1, 1e6]");
+    const sd_sde *sde = &sd__lik_model(lk)->sde;
+    /* The encoder's one-step kernels and the decoders below are written with
+     * the scalars a(t), sigma(t) of the isotropic families. */
+    if (!sd_sde_is_isotropic(sde))
+        return sd_error(SD_ERR_INVALID, "elbo: the ELBO/IWAE chains use the scalar transitions of "
+                                        "an isotropic family (ncsn, ve, vp, subvp), not %s; use "
+                                        "the ode method", sd_sde_name(sde));
     const sd_lik_config *cf = sd_lik_get_config(lk);
     size_t D = sd__lik_model(lk)->D;
     /* Rows alive at once: as many as ~64 MiB of chain state and Jacobians

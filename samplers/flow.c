@@ -1,7 +1,9 @@
 /* flow.c - the probability flow ODE (Song et al. 2021, "Score-Based
  * Generative Modeling through SDEs", Sec. 4.3, eq. 13; App. D.1 for the
  * general form):
- *     dx/dt = F(t) x - 1/2 G(t) G(t)^T s(x, t)
+ *     dx/dt = f(x, t) - 1/2 div[G G^T](x, t) - 1/2 G G^T(x, t) s(x, t)
+ * where the divergence term (sd_sde_div_GGT, by autodiff) exists only for the
+ * state-dependent family; for linear families this is F(t) x - 1/2 G G^T s,
  * written with the family's operators (sd_sde_drift for F x and
  * sd_sde_apply_GGT for G G^T v), so a family whose G is a dense or
  * basis-changing operator needs no change here. Its solutions carry p_t to
@@ -20,10 +22,15 @@ static sd_status flow_rhs(void *ctx, double t, const float *y, float *dydt)
     sd_status st = sd__score(b, y, t, b->s);
     if (st != SD_OK) return st;
     const sd_sde *sde = &b->sc->sde;
-    sd_sde_drift(sde, t, y, dydt, b->n, b->D);
-    sd_sde_apply_GGT(sde, t, b->s, b->tmp, b->n, b->D);
+    if ((st = sd_sde_drift(sde, t, y, dydt, b->n, b->D)) != SD_OK) return st;
+    if ((st = sd_sde_apply_GGT(sde, t, y, b->s, b->tmp, b->n, b->D)) != SD_OK) return st;
     size_t total = b->n * b->D;
     for (size_t j = 0; j < total; j++) dydt[j] -= 0.5f * b->tmp[j];
+    if (sd_sde_state_dependent(sde)) {
+        /* - 1/2 div[G G^T](x) (App. D, eq. 38); b->z is unused by the ODE */
+        if ((st = sd_sde_div_GGT(sde, t, y, b->z, b->n, b->D)) != SD_OK) return st;
+        for (size_t j = 0; j < total; j++) dydt[j] -= 0.5f * b->z[j];
+    }
     return SD_OK;
 }
 

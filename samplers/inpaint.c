@@ -31,25 +31,28 @@ typedef struct replace_ctx {
 } replace_ctx;
 
 /* target = A(t) y + Sigma^{1/2} z for the batch's samples (into b->tmp), or y. */
-static void forward_draw(sd__batch *b, const float *y, double t)
+static sd_status forward_draw(sd__batch *b, const float *y, double t)
 {
     size_t total = b->n * b->D;
     if (t < 0) {
         memcpy(b->tmp, y, total * sizeof(float));
-        return;
+        return SD_OK;
     }
     const sd_sde *sde = &b->sc->sde;
     sd__noise(b, b->z);
-    sd_sde_apply_mean(sde, t, y, b->tmp, b->n, b->D);
-    sd_sde_apply_std(sde, t, b->z, b->s, b->n, b->D); /* s is free between updates */
-    for (size_t j = 0; j < total; j++) b->tmp[j] += b->s[j];
+    sd_status st = sd_sde_apply_mean(sde, t, y, b->tmp, b->n, b->D);
+    /* s is free between updates */
+    if (st == SD_OK) st = sd_sde_apply_std(sde, t, b->z, b->s, b->n, b->D);
+    for (size_t j = 0; j < total && st == SD_OK; j++) b->tmp[j] += b->s[j];
+    return st;
 }
 
 static sd_status inpaint_constrain(void *ctx, sd__batch *b, double t)
 {
     replace_ctx *r = ctx;
     size_t off = b->prog.first * b->D, total = b->n * b->D;
-    forward_draw(b, r->data + off, t);
+    sd_status st = forward_draw(b, r->data + off, t);
+    if (st != SD_OK) return st;
     const float *m = r->mask + off;
     for (size_t j = 0; j < total; j++) b->x[j] += m[j] * (b->tmp[j] - b->x[j]);
     return SD_OK;
@@ -59,7 +62,8 @@ static sd_status colorize_constrain(void *ctx, sd__batch *b, double t)
 {
     replace_ctx *r = ctx;
     size_t off = b->prog.first * b->D, HW = r->HW;
-    forward_draw(b, r->data + off, t);
+    sd_status st = forward_draw(b, r->data + off, t);
+    if (st != SD_OK) return st;
     for (size_t i = 0; i < b->n; i++) {
         float *x = b->x + i * b->D;
         const float *f = b->tmp + i * b->D;
@@ -74,8 +78,15 @@ static sd_status colorize_constrain(void *ctx, sd__batch *b, double t)
     return SD_OK;
 }
 
-static sd_status check_kind(const sd_sampler_opts *o, const char *what)
+static sd_status check_kind(const sd_scorer *s, const sd_sampler_opts *o, const char *what)
 {
+    /* Replacement by a forward draw of the known part is the method for
+     * isotropic noise (App. I); for dct, dense or state the known and unknown
+     * coordinates' noise is coupled, so the known part's draw would have to be
+     * conditioned on the rest: refused rather than approximated silently. */
+    if (!sd_sde_is_isotropic(&s->sde))
+        return sd_error(SD_ERR_INVALID, "%s: needs an isotropic noise family (ncsn, ve, vp, "
+                                        "subvp), not %s", what, sd_sde_name(&s->sde));
     if (o->kind != SD_SAMPLER_LANGEVIN && o->kind != SD_SAMPLER_PC)
         return sd_error(SD_ERR_INVALID, "%s: needs the langevin or pc sampler (got %s)", what,
                         sd_sampler_kind_name(o->kind));
@@ -87,7 +98,7 @@ sd_status sd_inpaint(sd_scorer *s, const sd_sampler_opts *o, const float *data, 
 {
     if (!s || !o || (n && (!data || !mask)))
         return sd_error(SD_ERR_INVALID, "inpaint: missing data or mask");
-    sd_status st = check_kind(o, "inpaint");
+    sd_status st = check_kind(s, o, "inpaint");
     if (st != SD_OK) return st;
     replace_ctx r = {.data = data, .mask = mask};
     return sd__run(s, o, n, NULL, out, 0, inpaint_constrain, &r, stats);
@@ -97,7 +108,7 @@ sd_status sd_colorize(sd_scorer *s, const sd_sampler_opts *o, const float *gray,
                       float *out, sd_sample_stats *stats)
 {
     if (!s || !o || (n && !gray)) return sd_error(SD_ERR_INVALID, "colorize: missing images");
-    sd_status st = check_kind(o, "colorize");
+    sd_status st = check_kind(s, o, "colorize");
     if (st != SD_OK) return st;
     if (s->C != 3)
         return sd_error(SD_ERR_INVALID, "colorize: needs a 3-channel model (this one has %d)",

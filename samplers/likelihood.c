@@ -29,8 +29,33 @@
  * otherwise. Measured on the 16-D mixture (VE, 100 points, tight tolerances),
  * the float floor is 7e-6 nats with it and 1.2e-5 without; at the default
  * rtol = atol = 1e-5 the integration error (< 6e-4) dominates either way, so
- * float state suffices for the 1e-3-nat target. (Matrix-valued families will
- * need tr-weighted versions of these isotropic scalars.)
+ * float state suffices for the 1e-3-nat target.
+ *
+ * Matrix-valued families (sde.h). dct and dense are diagonal in an
+ * orthonormal basis B (sd_sde_modes / sd_sde_to_modes), and so is the
+ * reference's covariance, v_k(t) = a_k(t)^2 c + var_k(t) per mode k. With the
+ * probe's mode weights w_k = (B^T v)_k^2 (1 for every mode for the exact
+ * divergence, the sum over the basis), the same algebra gives
+ *     q_ref = -sum_k w_k gg_k / v_k,   dr/dt = -1/2 (q + sum_k w_k gg_k / v_k),
+ *     log p_eps(x) = log p_T(x_T) + r(T) + sum_k w_k / 2 log(v_k(T) / v_k(eps)),
+ * which reduces to the above when every mode is alike. The state family
+ * (G depends on x) has no Gaussian reference; its integrand is the whole
+ *     div f~ = div[f - 1/2 div(G G^T)] - 1/2 div(G G^T) . s - 1/2 tr(G G^T grad s)
+ * (Song et al. 2021, App. D, eq. 38, and the product rule for div(G G^T s)):
+ * the first term in closed form and the second with div(G G^T) by autodiff
+ * (sd_sde_flow_divergence, sd_sde_div_GGT: exact, per point, also under
+ * Hutchinson), the third the probes' q. Its integral is only about
+ * D log(sigma_max / sigma_min), small in the low dimensions it is made for.
+ *
+ * Error control of the matrix families. RK45's norm is the RMS over a point's
+ * group [x, r_1 .. r_P], so an accumulator's local error counts 1/(D + P) of
+ * it. For dct, dense and state the accumulators are held scaled by
+ * sqrt(D + P), which makes each one weigh as much as the whole group: the
+ * divergence of dct's damped high frequencies is large in mid-range t, and
+ * unscaled the 9-D dct test mixture's worst point was 1.1e-3 nats off at
+ * rtol = atol = 1e-5 (8.3e-4 scaled; scaling further changes nothing, the rest
+ * is the trajectory's own error). The isotropic families keep the unscaled
+ * state so that their numbers stay as they were.
  */
 #include "likelihood.h"
 
@@ -43,6 +68,22 @@
 /* Scratch slots (sd__lik_scratch): 0-5 the oracles below, 6-9 the ODE,
  * 10-15 elbo.c. */
 enum { SL_COT = 0, SL_COT2, SL_HESS, SL_HF, SL_HF2, SL_HV, SL_Y, SL_X, SL_PROBES, SL_Q };
+/* 16-19: the ODE's matrix-family terms (mode weights, per-time mode values,
+ * div[G G^T] and the score-free divergence of the state family) */
+enum { SL_MODEW = 16, SL_MODES, SL_DIVM, SL_CFLOW };
+
+/* G G^T applied to `rows` vectors that all belong to the point x (x is only
+ * read by the state-dependent family). */
+static sd_status ggt_rows(const sd_sde *sde, double t, const float *x, const float *v, float *out,
+                          size_t rows, size_t D)
+{
+    if (!sd_sde_state_dependent(sde)) return sd_sde_apply_GGT(sde, t, NULL, v, out, rows, D);
+    for (size_t r = 0; r < rows; r++) {
+        sd_status st = sd_sde_apply_GGT(sde, t, x, v + r * D, out + r * D, 1, D);
+        if (st != SD_OK) return st;
+    }
+    return SD_OK;
+}
 
 struct sd_lik {
     sd_model *m;
@@ -72,7 +113,7 @@ sd_status sd_lik_new(sd_model *m, const sd_lik_config *cfg, sd_lik **out)
     if (!(c.T > 0 && c.T <= 1.0) || !(c.eps >= 0 && c.eps < c.T))
         return sd_error(SD_ERR_INVALID, "likelihood: need 0 <= eps < T <= 1 (eps %g, T %g)", c.eps,
                         c.T);
-    if (c.eps == 0 && m->sde.kind != SD_SDE_NCSN && m->sde.kind != SD_SDE_VE)
+    if (c.eps == 0 && (m->sde.kind == SD_SDE_VP || m->sde.kind == SD_SDE_SUBVP))
         return sd_error(SD_ERR_INVALID, "likelihood: eps must be > 0 for %s (the kernel is "
                                         "degenerate at t = 0)", sd_sde_name(&m->sde));
     if (!(c.rtol > 0 && c.atol > 0))
@@ -216,7 +257,7 @@ static sd_status net_quad(sd_lik *lk, const float *x, size_t nb, double t, const
         }
         const float *u = cot;
         if (weighted) {
-            sd_sde_apply_GGT(sde, t, cot, cot2, nb, D);
+            if ((st = sd_sde_apply_GGT(sde, t, x, cot, cot2, nb, D)) != SD_OK) return st;
             u = cot2;
         }
         st = sd_graph_backward(lk->g, st_, u);
@@ -250,8 +291,14 @@ static sd_status gmm_quad(sd_lik *lk, const float *x, size_t nb, double t, const
         if (!hv || !u) return SD_ERR_NOMEM;
         sd_status st = sd_gmm_score_hvp(lk->m->gmm, sde, t, x, nb, probes, m, s, hv);
         if (st != SD_OK) return st;
-        if (weighted) sd_sde_apply_GGT(sde, t, probes, u, rows, D);
-        else memcpy(u, probes, rows * D * sizeof(float));
+        if (weighted) {
+            for (size_t p = 0; p < nb && st == SD_OK; p++)
+                st = ggt_rows(sde, t, x + p * D, probes + p * (size_t)m * D,
+                              u + p * (size_t)m * D, (size_t)m, D);
+            if (st != SD_OK) return st;
+        } else {
+            memcpy(u, probes, rows * D * sizeof(float));
+        }
         /* H symmetric: u^T H v = u . (H v) */
         for (size_t r = 0; r < rows; r++) {
             double acc = 0.0;
@@ -272,7 +319,7 @@ static sd_status gmm_quad(sd_lik *lk, const float *x, size_t nb, double t, const
         if (weighted) {
             /* tr(G G^T H) = sum_i (G G^T h_i)_i with h_i = H e_i (row i) */
             for (size_t e = 0; e < D * D; e++) hf[e] = (float)Hp[e];
-            sd_sde_apply_GGT(sde, t, hf, hf2, D, D);
+            if ((st = ggt_rows(sde, t, x + p * D, hf, hf2, D, D)) != SD_OK) return st;
             for (size_t i = 0; i < D; i++) tr += hf2[i * D + i];
         } else {
             for (size_t i = 0; i < D; i++) tr += Hp[i * D + i];
@@ -363,7 +410,21 @@ typedef struct ode_ctx {
     const double *vnorm; /* |v_j|^2 [n, P] */
     float *x, *s, *gs;   /* [n, D] */
     double *q;           /* [n, P] */
+    /* dct, dense: mode weights w [n, P, D] ((B^T v)_k^2; 1 for exact) and the
+     * per-time mode values a, var, gg [3, D]; state: div[G G^T] [n, D] and
+     * the score-free divergence [n] */
+    const double *modew;
+    double *modes;
+    float *divm;
+    double *cflow;
+    double acc_scale; /* accumulators are held as acc_scale * r (see sd_lik_ode) */
 } ode_ctx;
+
+/* The three kinds of control variate (see the file comment). */
+static bool mode_family(const sd_sde *sde)
+{
+    return !sd_sde_is_isotropic(sde) && !sd_sde_state_dependent(sde);
+}
 
 /* Reference variance v(t) = a^2 c + sigma^2 of the control variate. */
 static double ref_var(const sd_sde *sde, double c, double t)
@@ -382,16 +443,47 @@ static sd_status ode_rhs(void *vctx, double t, const float *y, float *dydt)
     for (size_t p = 0; p < c->n; p++) memcpy(c->x + p * D, y + p * G, D * sizeof(float));
     sd_status st = sd__lik_score_quad(c->lk, c->x, c->n, t, c->probes, c->P, 1, c->s, c->q);
     if (st != SD_OK) return st;
-    /* f~ = f(x, t) - 1/2 G G^T s (Song et al. 2021, eq. 13) */
-    sd_sde_apply_GGT(sde, t, c->s, c->gs, c->n, D);
-    sd_sde_drift(sde, t, c->x, c->s, c->n, D);
-    double g2v = sd_sde_g2(sde, t) / ref_var(sde, c->lk->cfg.ref_var, t);
+    bool state = sd_sde_state_dependent(sde), modes = mode_family(sde);
+    if (state) {
+        /* div f~ = div[f - 1/2 div M] - 1/2 (div M) . s - 1/2 tr(M grad s),
+         * M = G G^T(x) (product rule on div(M s), M symmetric); the first
+         * two terms are exact per point, the last is q. */
+        if ((st = sd_sde_div_GGT(sde, t, c->x, c->divm, c->n, D)) != SD_OK ||
+            (st = sd_sde_flow_divergence(sde, t, c->x, c->cflow, c->n, D)) != SD_OK)
+            return st;
+        for (size_t p = 0; p < c->n; p++) {
+            double acc = 0.0;
+            for (size_t i = 0; i < D; i++) acc += (double)c->divm[p * D + i] * c->s[p * D + i];
+            c->cflow[p] -= 0.5 * acc;
+        }
+    }
+    /* f~ = f(x, t) - 1/2 G G^T s (Song et al. 2021, eq. 13; state: App. D,
+     * eq. 38, also - 1/2 div[G G^T]) */
+    if ((st = sd_sde_apply_GGT(sde, t, c->x, c->s, c->gs, c->n, D)) != SD_OK ||
+        (st = sd_sde_drift(sde, t, c->x, c->s, c->n, D)) != SD_OK)
+        return st;
+    double *ma = c->modes, *mv = ma + D, *mg = mv + D, cv = c->lk->cfg.ref_var;
+    if (modes && (st = sd_sde_modes(sde, t, D, ma, mv, NULL, mg)) != SD_OK) return st;
+    if (modes) /* gg_k / v_k(t), v_k = a_k^2 c + var_k: the reference's q_ref per mode */
+        for (size_t k = 0; k < D; k++) mg[k] /= ma[k] * ma[k] * cv + mv[k];
+    double g2v = sd_sde_g2(sde, t) / ref_var(sde, cv, t);
     for (size_t p = 0; p < c->n; p++) {
         float *dy = dydt + p * G;
         for (size_t i = 0; i < D; i++) dy[i] = c->s[p * D + i] - 0.5f * c->gs[p * D + i];
+        if (state)
+            for (size_t i = 0; i < D; i++) dy[i] -= 0.5f * c->divm[p * D + i];
         for (int j = 0; j < c->P; j++) {
             size_t k = p * (size_t)c->P + j;
-            dy[D + j] = (float)(-0.5 * (c->q[k] + g2v * c->vnorm[k]));
+            if (state) {
+                dy[D + j] = (float)(c->acc_scale * (c->cflow[p] - 0.5 * c->q[k]));
+            } else if (modes) {
+                const double *w = c->modew + k * D;
+                double ref = 0.0;
+                for (size_t i = 0; i < D; i++) ref += w[i] * mg[i];
+                dy[D + j] = (float)(c->acc_scale * -0.5 * (c->q[k] + ref));
+            } else {
+                dy[D + j] = (float)(-0.5 * (c->q[k] + g2v * c->vnorm[k]));
+            }
         }
     }
     return SD_OK;
@@ -454,6 +546,31 @@ sd_status sd_lik_ode(sd_lik *lk, const float *x, size_t n, uint64_t index0, doub
     }
     ode_ctx c = {.lk = lk, .n = n, .D = D, .P = P, .probes = probes, .vnorm = vnorm,
                  .x = buf, .s = buf + n * D, .gs = buf + 2 * n * D, .q = q};
+    bool state = sd_sde_state_dependent(sde), modes = mode_family(sde);
+    double *modew = NULL;
+    c.acc_scale = 1.0;
+    if (state || modes) c.acc_scale = sqrt((double)G);
+    if (state) {
+        c.divm = sd__lik_scratch(lk, SL_DIVM, n * D * sizeof(float));
+        c.cflow = sd__lik_scratch(lk, SL_CFLOW, n * sizeof(double));
+        if (!c.divm || !c.cflow) return SD_ERR_NOMEM;
+    } else if (modes) {
+        /* w_k = (B^T v)_k^2 per probe (exact: sum_j (B^T e_j)_k^2 = 1) */
+        size_t rows = n * (size_t)P;
+        modew = sd__lik_scratch(lk, SL_MODEW, rows * D * sizeof(double) +
+                                                  (exact ? 0 : rows * D * sizeof(float)));
+        c.modes = sd__lik_scratch(lk, SL_MODES, 3 * D * sizeof(double));
+        if (!modew || !c.modes) return SD_ERR_NOMEM;
+        if (exact) {
+            for (size_t i = 0; i < rows * D; i++) modew[i] = 1.0;
+        } else {
+            float *bv = (float *)(modew + rows * D);
+            sd_status st = sd_sde_to_modes(sde, probes, bv, rows, D);
+            if (st != SD_OK) return st;
+            for (size_t i = 0; i < rows * D; i++) modew[i] = (double)bv[i] * bv[i];
+        }
+        c.modew = modew;
+    }
     sd_ode_opts o = sd_ode_defaults(SD_ODE_RK45);
     o.rtol = cf->rtol;
     o.atol = cf->atol;
@@ -468,13 +585,27 @@ sd_status sd_lik_ode(sd_lik *lk, const float *x, size_t n, uint64_t index0, doub
     for (size_t p = 0; p < n; p++) memcpy(buf + p * D, y + p * G, D * sizeof(float));
     st = sd__lik_prior_logp(lk, buf, n, lpT);
     if (st != SD_OK) return st;
-    /* Closed-form parts (see the file comment). */
+    /* Closed-form parts (see the file comment): per mode 1/2 log(v_k(T) / v_k(eps)) */
     double lv = 0.5 * log(ref_var(sde, cf->ref_var, cf->T) / ref_var(sde, cf->ref_var, cf->eps));
+    if (modes) {
+        double *ma = c.modes, *mv = ma + D, *lvk = mv + D, cv = cf->ref_var;
+        if ((st = sd_sde_modes(sde, cf->T, D, ma, mv, NULL, NULL)) != SD_OK) return st;
+        for (size_t k = 0; k < D; k++) lvk[k] = ma[k] * ma[k] * cv + mv[k];
+        if ((st = sd_sde_modes(sde, cf->eps, D, ma, mv, NULL, NULL)) != SD_OK) return st;
+        for (size_t k = 0; k < D; k++) lvk[k] = 0.5 * log(lvk[k] / (ma[k] * ma[k] * cv + mv[k]));
+    }
     for (size_t p = 0; p < n; p++) {
         double sum = 0.0;
         for (int j = 0; j < P; j++) {
             size_t k = p * (size_t)P + j;
-            lpj[k] = lpT[p] + (double)y[p * G + D + j] + vnorm[k] * lv;
+            double closed = vnorm[k] * lv;
+            if (state) {
+                closed = 0.0;
+            } else if (modes) {
+                closed = 0.0;
+                for (size_t i = 0; i < D; i++) closed += modew[k * D + i] * c.modes[2 * D + i];
+            }
+            lpj[k] = lpT[p] + (double)y[p * G + D + j] / c.acc_scale + closed;
             sum += lpj[k];
         }
         double mean = sum / P, ss = 0.0;

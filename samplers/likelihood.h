@@ -39,6 +39,11 @@
  *    With the exact gmm score `full` is tight (gap 0.007 nats at N = 100 in
  *    16-D VE) where `iso` leaves 0.24 and `em` 12 nats.
  *
+ * Matrix-valued families (sde.h): the ODE estimator works with all of them
+ * (G G^T through the family's operators; for state the divergence also holds
+ * the div[G G^T] terms, see likelihood.c); ELBO/IWAE need the isotropic
+ * families' scalar transitions and refuse the others (SD_ERR_INVALID).
+ *
  * Priors: the family's N(0, sigma_max^2 I) / N(0, I) (sd_sde_prior_logp), or
  * for the analytic gmm its own exact p_T (SD_LIK_PRIOR_MODEL, the AUTO choice
  * for gmm), which makes the reported log p exactly the model's p_eps.
@@ -191,8 +196,9 @@ sd_status sd__lik_score_jacobian(struct sd_lik *lk, const float *x, size_t n, do
                                  double *J);
 /* Score only (no gradients). */
 sd_status sd__lik_score(struct sd_lik *lk, const float *x, size_t n, double t, float *s);
-/* Grow-only scratch buffer #slot of lk (slots 0..SD__LIK_SLOTS-1). */
-#define SD__LIK_SLOTS 16
+/* Grow-only scratch buffer #slot of lk (slots 0..SD__LIK_SLOTS-1; 0-9 and
+ * 16-19 likelihood.c, 10-15 elbo.c). */
+#define SD__LIK_SLOTS 20
 void *sd__lik_scratch(struct sd_lik *lk, int slot, size_t bytes);
 /* log of the prior density at x_N [D] (the configured prior). */
 sd_status sd__lik_prior_logp(struct sd_lik *lk, const float *x, size_t n, double *out);

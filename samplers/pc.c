@@ -13,7 +13,8 @@
  * forward process from t_{i+1} to t_i, x_i = a x_{i+1} + sqrt(v) z
  * (sd__transition):
  *   Euler-Maruyama (eq. 6 discretised, Alg. 2 with the SDE's own operators):
- *       x <- x + [G G^T s(x, t_i) - F x] dt + G sqrt(dt) z
+ *       x <- x + [G G^T s(x, t_i) + div[G G^T] - f(x)] dt + G sqrt(dt) z
+ *     (the divergence term only for the state-dependent family; App. D)
  *   reverse diffusion (App. E, eq. 46-47: the forward step x_{i} = x_{i+1} +
  *   f_{i+1} + G_{i+1} z with f = (a - 1) x, G G^T = v, run backwards):
  *       x <- (2 - a) x + v s + sqrt(v) z
@@ -88,16 +89,23 @@ static sd_status predictor(sd__batch *b, double t, double t_next, double dt, boo
     float *x = b->x, *s = b->s, *z = b->z, *tmp = b->tmp;
     switch (b->o->predictor) {
     case SD_PRED_EULER_MARUYAMA: {
-        /* x += dt (G G^T s - F x); then + sqrt(dt) G z */
-        sd_sde_apply_GGT(sde, t, s, tmp, b->n, b->D);
+        /* x += dt (G G^T s + div[G G^T] - f); then + sqrt(dt) G z, with G,
+         * G G^T and div[G G^T] (zero unless G depends on x) all at the
+         * current x (Song et al. 2021, App. D, eq. 37, run backwards). */
         float fdt = (float)dt;
+        if ((st = sd_sde_apply_GGT(sde, t, x, s, tmp, b->n, b->D)) != SD_OK) return st;
         for (size_t j = 0; j < total; j++) tmp[j] *= fdt;
-        sd_sde_drift(sde, t, x, s, b->n, b->D); /* s is free now: F x */
+        if (sd_sde_state_dependent(sde)) {
+            if ((st = sd_sde_div_GGT(sde, t, x, s, b->n, b->D)) != SD_OK) return st;
+            for (size_t j = 0; j < total; j++) tmp[j] += fdt * s[j];
+        }
+        if (noise && (st = sd_sde_apply_G(sde, t, x, z, z, b->n, b->D)) != SD_OK) return st;
+        /* s is free now: f(x) */
+        if ((st = sd_sde_drift(sde, t, x, s, b->n, b->D)) != SD_OK) return st;
         for (size_t j = 0; j < total; j++) x[j] += tmp[j] - fdt * s[j];
         if (noise) {
-            sd_sde_apply_G(sde, t, z, tmp, b->n, b->D);
             float fs = (float)sqrt(dt);
-            for (size_t j = 0; j < total; j++) x[j] += fs * tmp[j];
+            for (size_t j = 0; j < total; j++) x[j] += fs * z[j];
         }
         break;
     }

@@ -223,6 +223,15 @@ static sd_status validate(const sd_scorer *sc, const sd_sampler_opts *o, int mod
                         eps);
     bool vp_like = sde->kind == SD_SDE_VP || sde->kind == SD_SDE_SUBVP;
     sd_sampler_kind kind = mode == 0 ? o->kind : SD_SAMPLER_ODE;
+    /* Tweedie's denoiser needs a Gaussian kernel (sd_sde_tweedie): the
+     * langevin sampler, pc without predictor and ode use it when denoise is on. */
+    bool tweedie = mode == 0 && o->denoise &&
+                   (kind == SD_SAMPLER_LANGEVIN || kind == SD_SAMPLER_ODE ||
+                    (kind == SD_SAMPLER_PC && o->predictor == SD_PRED_NONE));
+    if (tweedie && sd_sde_state_dependent(sde))
+        return sd_error(SD_ERR_INVALID, "%s: the final denoising step (Tweedie) needs a Gaussian "
+                                        "kernel, which %s does not have; turn denoising off",
+                        sd_sampler_kind_name(kind), sd_sde_name(sde));
     if (kind == SD_SAMPLER_LANGEVIN) {
         if (o->steps_per_level < 1)
             return sd_error(SD_ERR_INVALID, "langevin: steps per level must be >= 1");
@@ -242,6 +251,12 @@ static sd_status validate(const sd_scorer *sc, const sd_sampler_opts *o, int mod
             return sd_error(SD_ERR_INVALID, "pc: the corrector needs steps >= 1 and snr > 0");
         if (sde->kind != SD_SDE_NCSN && o->steps < 1)
             return sd_error(SD_ERR_INVALID, "pc: steps must be >= 1");
+        if (!sd_sde_is_isotropic(sde) && (o->predictor == SD_PRED_REVERSE_DIFFUSION ||
+                                          o->predictor == SD_PRED_ANCESTRAL))
+            return sd_error(SD_ERR_INVALID, "pc: the %s predictor uses the exact scalar "
+                                            "transitions of an isotropic family (ncsn, ve, vp, "
+                                            "subvp), not %s; use euler_maruyama (em)",
+                            sd_predictor_name(o->predictor), sd_sde_name(sde));
     } else if (kind == SD_SAMPLER_ODE) {
         if (o->ode_method == SD_ODE_RK45) {
             if (!(o->rtol > 0) || !(o->atol > 0))
@@ -315,6 +330,8 @@ sd_status sd__denoise(sd__batch *b, double t)
     sd_status st = sd__score(b, b->x, t, b->s);
     if (st != SD_OK) return st;
     /* Tweedie: E[x_0 | x_t] = A^-1 (x + Sigma s) (Efron 2011; NCSNv2's x + sigma^2 s) */
+    if (!sd_sde_is_isotropic(&b->sc->sde))
+        return sd_sde_tweedie(&b->sc->sde, t, b->x, b->s, b->x, b->n, b->D);
     double a = sd_sde_mean_coef(&b->sc->sde, t), sig = sd_sde_sigma(&b->sc->sde, t);
     float c1 = (float)(1.0 / a), c2 = (float)(sig * sig / a);
     size_t total = b->n * b->D;
@@ -381,9 +398,9 @@ sd_status sd__run(sd_scorer *sc, const sd_sampler_opts *o, size_t n, const float
         if (init) {
             memcpy(b.x, init + first * D, nb * D * sizeof(float));
         } else {
-            for (size_t i = 0; i < nb; i++)
-                sd_sde_prior_sample(&sc->sde, &b.rng[i], b.x + i * D, 1, D);
-            if ((st = sd__constrain(&b, 1.0)) != SD_OK) break;
+            for (size_t i = 0; i < nb && st == SD_OK; i++)
+                st = sd_sde_prior_sample(&sc->sde, &b.rng[i], b.x + i * D, 1, D);
+            if (st != SD_OK || (st = sd__constrain(&b, 1.0)) != SD_OK) break;
         }
         double t_start = mode == 1 ? eps : 1.0;
         if ((st = sd__observe(&b, t_start, 0.0, false)) != SD_OK) break;

@@ -48,9 +48,15 @@
  *   Drift and diffusion are used through the sde operators (F x, G z, G G^T v)
  *   in Euler-Maruyama, the probability flow and the corrector. The exact
  *   discrete transitions used by reverse diffusion, ancestral sampling,
- *   inpainting and Tweedie denoising need A(t) A(s)^-1 and the transition
+ *   inpainting and colorization need A(t) A(s)^-1 and the transition
  *   covariance, which sde.h exposes only as the scalars a(t), sigma(t) of the
- *   isotropic families; those are confined to sd__transition() in sample.c.
+ *   isotropic families; those are confined to sd__transition() in sample.c,
+ *   and these samplers refuse the matrix-valued families (dct, dense, state)
+ *   with SD_ERR_INVALID. Tweedie denoising goes through sd_sde_tweedie (every
+ *   linear family; refused for state). For state, whose G depends on x,
+ *   Euler-Maruyama and the probability flow add the div[G G^T] term (Song et
+ *   al. 2021, App. D, eq. 37-38); the corrector is plain Langevin dynamics
+ *   and needs nothing family-specific.
  *
  * Usage:
  *     sd_scorer sc;

@@ -95,7 +95,7 @@ START_TEST(test_kernel_matches_sde)
                       families[_i], t, dV, rhs);
         /* operators agree with the scalar summaries */
         float x[3] = {1.0f, -2.0f, 0.5f}, y[3];
-        sd_sde_apply_GGT(&s, t, x, y, 1, 3);
+        sd_sde_apply_GGT(&s, t, NULL, x, y, 1, 3);
         ck_assert_float_eq_tol(y[1], (float)(-2.0 * sd_sde_g2(&s, t)), 1e-5f * fabsf(y[1]) + 1e-6f);
         sd_sde_apply_inv_cov(&s, t, x, y, 1, 3);
         ck_assert_float_eq_tol(y[2], (float)(0.5 / V), 1e-5f * fabsf(y[2]));

@@ -32,9 +32,11 @@ static void usage(FILE *f)
 "ends, for every item of the data set, and its mean +- standard error.\n"
 "  --method ode           probability-flow ODE, RK45 on [x, divergence] (Song et\n"
 "                         al. 2021, App. D.2): an estimate of log p itself\n"
+"                         with every family, including dct, dense and state\n"
 "  --method elbo|iwae     lower bounds through an N-step Gaussian chain: the mean\n"
 "                         of K log-weights, or log (1/K) sum of K weights\n"
-"                         (Burda et al. 2016); IWAE_K approaches log p as K, N grow\n"
+"                         (Burda et al. 2016); IWAE_K approaches log p as K, N grow;\n"
+"                         isotropic families (ncsn, ve, vp, subvp) only\n"
 "Options\n"
 "  --divergence exact|hutchinson   ODE divergence (default exact if D <= 64)\n"
 "  --probes n             Hutchinson probes per item, fixed along its path (1)\n"
@@ -44,7 +46,7 @@ static void usage(FILE *f)
 "  --steps N              chain steps between eps and 1 (100)\n"
 "  --decoder full|iso|em  reverse step: moment-matched full covariance (D <= 64\n"
 "                         default), isotropic, or Euler-Maruyama (see likelihood.h)\n"
-"  --eps E                start time (default 1e-5 for ve/vp/subvp, 0 for ncsn)\n"
+"  --eps E                start time (default 1e-5; 0 for ncsn)\n"
 "  --limit M              only the first M items\n"
 "  --dequant n            dequantisation draws per image, log p averaged (1)\n"
 "  --batch B              items per model evaluation (16 images, 256 points)\n"
@@ -53,6 +55,8 @@ static void usage(FILE *f)
 "  --out FILE.csv         per-item rows (default: stdout, summary as # lines)\n"
 "  --quiet                no progress display\n"
 "Bits/dim = -(log p(x) - D log 256) / (D ln 2) for x in [0,1]^D (images only).\n"
+"--sde (with --gmm) as in scorediff sample --help: ncsn, ve, vp, subvp,\n"
+"dct:...,shape=CxHxW, dense:...,C=FILE.json, state:...\n"
 "Exit codes: 0 done, 1 runtime failure, 2 bad options or data.\n");
 }
 
@@ -224,6 +228,14 @@ int sd_cmd_loglik(int argc, char **argv)
     sd_lik_xform xf;
     sd_status st = load_model(&o, &m, &xf);
     if (st != SD_OK) return cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
+    if (strcmp(o.method, "ode") != 0 && !sd_sde_is_isotropic(&m->sde)) {
+        /* the chains' Gaussian transitions are written for scalar a(t), sigma(t) */
+        char spec[256];
+        sd_sde_to_string(&m->sde, spec, sizeof spec);
+        sd_model_free(m);
+        return cli_fail(CMD, 2, "--method %s needs an isotropic noise family (ncsn, ve, vp, "
+                                "subvp), not %s; use --method ode", o.method, spec);
+    }
     sd_image_opts io = {.channels = m->C, .size = m->H};
     if (m->C != 1 && m->C != 3) io.channels = 1; /* points: the CSV loader ignores io */
     if ((st = sd_data_load(o.data, &io, &ds)) != SD_OK) {

@@ -39,8 +39,9 @@ static void usage(FILE *f)
 "Common options\n"
 "  --seed S               random seed (default 0); same seed, same samples\n"
 "  --batch B              samples processed together (default 256; bounds memory)\n"
-"  --eps T                smallest time (default 1e-5 for ve/vp/subvp, 0 for ncsn)\n"
-"  --denoise | --no-denoise   final noise-free step (default on; ode: off)\n"
+"  --eps T                smallest time (default 1e-5; 0 for ncsn)\n"
+"  --denoise | --no-denoise   final noise-free step (default on; ode: off; the\n"
+"                         state family has no Tweedie step: use --no-denoise)\n"
 "  --ema | --raw          EMA weights (default, when present) or the raw ones\n"
 "  --quiet                no progress display\n"
 "Annealed Langevin (Song & Ermon 2019)\n"
@@ -48,7 +49,8 @@ static void usage(FILE *f)
 "  --steps-per-level T    Langevin steps per level (default 100)\n"
 "  --step-eps E           eps in alpha_i = eps sigma_i^2 / sigma_L^2 (0.1 sigma_L^2)\n"
 "Predictor-corrector (Song et al. 2021)\n"
-"  --predictor P          em | rd (reverse diffusion, default) | ancestral | none\n"
+"  --predictor P          em | rd (reverse diffusion, default) | ancestral | none;\n"
+"                         dct, dense and state take em (their default) or none\n"
 "  --corrector C          langevin (default) | none\n"
 "  --corrector-steps M    corrector steps per time (default 1)\n"
 "  --snr R                corrector target signal-to-noise ratio (default 0.16)\n"
@@ -57,10 +59,16 @@ static void usage(FILE *f)
 "  --method M             euler | heun | rk4 | rk45 (default)\n"
 "  --steps N              fixed-step methods: steps (default 100)\n"
 "  --rtol X, --atol X     rk45 tolerances (default 1e-5)\n"
-"Inpainting and colorization (Song et al. 2021, App. I; langevin or pc)\n"
+"Inpainting and colorization (Song et al. 2021, App. I; langevin or pc;\n"
+"isotropic families ncsn, ve, vp, subvp only)\n"
 "  --image FILE           the image to complete (PNG, JPEG, ...; resized to the model)\n"
 "  --mask FILE            white (>= 128) = known pixels, black = to be sampled\n"
 "  --colorize             sample the colours of --image's gray levels (3-channel model)\n"
+"Noise families (--sde, with --gmm): ncsn, ve, vp, subvp, and the matrix-valued\n"
+"  dct:blur_max=B,shape=CxHxW    blurring diffusion in the DCT basis (images)\n"
+"  dense:C=FILE.json             VE noise with covariance C ({\"C\": [[..],..]})\n"
+"  state                         asinh image of ve: G depends on x\n"
+"  (all three also take sigma_min, sigma_max; see scorediff train --help)\n"
 "Exit codes: 0 done, 1 runtime failure, 2 bad options or input.\n");
 }
 
@@ -385,6 +393,8 @@ int sd_cmd_sample(int argc, char **argv)
     char transform[32];
     sd_status st = load_model(&o, &m, transform, sizeof transform);
     if (st != SD_OK) return cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
+    /* reverse diffusion needs an isotropic family: em is the default otherwise */
+    if (!o.predictor && !sd_sde_is_isotropic(&m->sde)) so.predictor = SD_PRED_EULER_MARUYAMA;
     bool points = m->H == 1 && m->W == 1;
     size_t n = (size_t)o.n, D = m->D;
     sd_scorer sc;
@@ -448,7 +458,7 @@ int sd_cmd_sample(int argc, char **argv)
         rc = cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
         goto done;
     }
-    char sde[128], method[96] = "";
+    char sde[256], method[96] = "";
     sd_sde_to_string(&m->sde, sde, sizeof sde);
     if (so.kind == SD_SAMPLER_PC)
         snprintf(method, sizeof method, " (%s%s)", sd_predictor_name(so.predictor),

@@ -39,9 +39,19 @@ static void usage(FILE *f)
 "                         widths of --model unet (default 32, 1,2,2, 2); its\n"
 "                         channels and resolution come from the data\n"
 "Noise family and objective\n"
-"  --sde SPEC             ncsn|ve|vp|subvp[:key=value,...] (default ve). For ncsn and\n"
-"                         ve, sigma_max defaults to the largest pairwise distance in\n"
-"                         the data and ncsn's L to NCSNv2's rule (Song & Ermon 2020)\n"
+"  --sde SPEC             ncsn|ve|vp|subvp|dct|dense|state[:key=value,...] (default\n"
+"                         ve). For ncsn and ve, sigma_max defaults to the largest\n"
+"                         pairwise distance in the data and ncsn's L to NCSNv2's\n"
+"                         rule (Song & Ermon 2020). Matrix-valued families (VE\n"
+"                         schedule: sigma_min 0.01, sigma_max 50):\n"
+"                         dct:blur_max=B  blurring diffusion, per-frequency damping\n"
+"                           and noise in the DCT basis (B pixels of blur at t = 1,\n"
+"                           default 2; shape=CxHxW taken from the data)\n"
+"                         dense:C=FILE.json  noise covariance sigma^2 C, FILE\n"
+"                           {\"C\": [[..],..]} (points, D <= 16; C is stored in\n"
+"                           the checkpoint)\n"
+"                         state  x = asinh(y) of a ve diffusion y: G(x, t) depends\n"
+"                           on x (points)\n"
 "  --objective dsm|ssm    denoising or sliced score matching (default dsm)\n"
 "  --weighting W          variance or likelihood (default variance)\n"
 "Optimisation (Adam)\n"
@@ -507,7 +517,7 @@ int sd_train_prepare_resume(sd_train_opts *o)
 
 /* The --sample-every hook: GRID_N samples of the EMA model by the
  * predictor-only reverse-diffusion sampler (Song et al. 2021, Alg. 2 without
- * corrector) on GRID_STEPS times, with the final denoising step, always from
+ * corrector; Euler-Maruyama for the matrix-valued families) on GRID_STEPS times, with the final denoising step, always from
  * the run's seed, so that the grids of successive steps show the same noise
  * developing. */
 enum { GRID_N = 16, GRID_STEPS = 100 };
@@ -521,6 +531,8 @@ static sd_status sample_grid(void *ctx, sd_model *m, const char *transform, int6
     sd_status st = sd_scorer_from_model(m, &sc);
     if (st != SD_OK) return st;
     sd_sampler_opts so = sd_sampler_defaults(SD_SAMPLER_PC);
+    /* reverse diffusion exists for the isotropic families only */
+    if (!sd_sde_is_isotropic(&m->sde)) so.predictor = SD_PRED_EULER_MARUYAMA;
     so.steps = GRID_STEPS;
     so.corrector = false;
     so.denoise = true;
