@@ -376,56 +376,117 @@ static sd_status ensure_zero_grad(sd_graph *g, sd_tensor *t)
 
 /* Gradient buffers of intermediate nodes live only from the backward of
  * their last consumer to their own backward. Taking them from a pool of
- * released buffers (best fit) instead of giving every node its own makes the
- * gradient memory of a pass its peak of live gradients rather than their sum:
- * for a U-Net that is the skip connections' gradients, not every layer's. The
- * order of requests is the tape's, so the same graph gets the same buffers
- * every step and nothing is allocated after the first. */
+ * released arena blocks instead of giving every node its own makes the
+ * gradient memory of a pass close to its peak of live gradients rather than
+ * their sum: for a U-Net that is the skip connections' gradients, not every
+ * layer's. The pool is a tiny allocator over arena memory: free blocks sorted
+ * by address, best fit with the remainder split off, neighbours coalesced on
+ * release, and a free block at the top of the arena grown in place. Requests
+ * come in tape order, so the same graph gets the same buffers every step and
+ * nothing is allocated after the first. Blocks are multiples of SD_ALIGN. */
+#define GRAD_QUANTUM (SD_ALIGN / sizeof(float))
+
+static size_t grad_span(size_t numel) { return (numel + GRAD_QUANTUM - 1) / GRAD_QUANTUM * GRAD_QUANTUM; }
+
+static sd_status pool_reserve(sd_graph *g)
+{
+    if (g->n_pool < g->cap_pool) return SD_OK;
+    size_t ncap = g->cap_pool ? g->cap_pool * 2 : 64;
+    float **ptr = sd_malloc(ncap * sizeof *ptr);
+    size_t *len = sd_malloc(ncap * sizeof *len);
+    if (!ptr || !len) {
+        sd_free(ptr);
+        sd_free(len);
+        return sd_error(SD_ERR_NOMEM, "backward: out of memory for the gradient pool");
+    }
+    if (g->n_pool) {
+        memcpy(ptr, g->pool_ptr, g->n_pool * sizeof *ptr);
+        memcpy(len, g->pool_len, g->n_pool * sizeof *len);
+    }
+    sd_free(g->pool_ptr);
+    sd_free(g->pool_len);
+    g->pool_ptr = ptr;
+    g->pool_len = len;
+    g->cap_pool = ncap;
+    return SD_OK;
+}
+
+static void pool_remove(sd_graph *g, size_t i)
+{
+    memmove(g->pool_ptr + i, g->pool_ptr + i + 1, (g->n_pool - i - 1) * sizeof *g->pool_ptr);
+    memmove(g->pool_len + i, g->pool_len + i + 1, (g->n_pool - i - 1) * sizeof *g->pool_len);
+    g->n_pool--;
+}
+
+/* Return a block, merging it with free neighbours. */
+static sd_status pool_insert(sd_graph *g, float *ptr, size_t len)
+{
+    size_t i = 0;
+    while (i < g->n_pool && g->pool_ptr[i] < ptr) i++;
+    bool joins_prev = i > 0 && g->pool_ptr[i - 1] + g->pool_len[i - 1] == ptr;
+    bool joins_next = i < g->n_pool && ptr + len == g->pool_ptr[i];
+    if (joins_prev && joins_next) {
+        g->pool_len[i - 1] += len + g->pool_len[i];
+        pool_remove(g, i);
+    } else if (joins_prev) {
+        g->pool_len[i - 1] += len;
+    } else if (joins_next) {
+        g->pool_ptr[i] = ptr;
+        g->pool_len[i] += len;
+    } else {
+        sd_status st = pool_reserve(g);
+        if (st != SD_OK) return st;
+        memmove(g->pool_ptr + i + 1, g->pool_ptr + i, (g->n_pool - i) * sizeof *g->pool_ptr);
+        memmove(g->pool_len + i + 1, g->pool_len + i, (g->n_pool - i) * sizeof *g->pool_len);
+        g->pool_ptr[i] = ptr;
+        g->pool_len[i] = len;
+        g->n_pool++;
+    }
+    return SD_OK;
+}
+
 static sd_status grad_acquire(sd_graph *g, sd_tensor *t)
 {
+    const size_t span = grad_span(t->numel);
     size_t best = SIZE_MAX;
     for (size_t i = 0; i < g->n_pool; i++)
-        if (g->pool_len[i] >= t->numel && (best == SIZE_MAX || g->pool_len[i] < g->pool_len[best]))
+        if (g->pool_len[i] >= span && (best == SIZE_MAX || g->pool_len[i] < g->pool_len[best]))
             best = i;
+    float *p = NULL;
     if (best != SIZE_MAX) {
-        t->grad = g->pool_ptr[best];
-        g->n_pool--;
-        g->pool_ptr[best] = g->pool_ptr[g->n_pool];
-        g->pool_len[best] = g->pool_len[g->n_pool];
-    } else {
-        t->grad = sd_graph_alloc_floats(g, t->numel);
-        if (!t->grad) return sd_error(SD_ERR_NOMEM, "backward: out of memory for gradients");
+        p = g->pool_ptr[best];
+        if (g->pool_len[best] > span) {
+            g->pool_ptr[best] += span;
+            g->pool_len[best] -= span;
+        } else {
+            pool_remove(g, best);
+        }
+    } else if (g->n_pool > 0) {
+        /* Grow the highest free block in place if it ends at the arena top. */
+        size_t last = g->n_pool - 1;
+        float *end = g->pool_ptr[last] + g->pool_len[last];
+        sd_chunk *c = g->chunks;
+        if ((unsigned char *)end == c->mem + c->used &&
+            (span - g->pool_len[last]) * sizeof(float) <= c->size - c->used) {
+            float *more = sd_graph_alloc_floats(g, span - g->pool_len[last]);
+            if (more == end) {
+                p = g->pool_ptr[last];
+                pool_remove(g, last);
+            }
+        }
     }
+    if (!p) p = sd_graph_alloc_floats(g, span);
+    if (!p) return sd_error(SD_ERR_NOMEM, "backward: out of memory for gradients");
+    t->grad = p;
     memset(t->grad, 0, t->numel * sizeof(float));
     return SD_OK;
 }
 
 static sd_status grad_release(sd_graph *g, sd_tensor *t)
 {
-    if (g->n_pool == g->cap_pool) {
-        size_t ncap = g->cap_pool ? g->cap_pool * 2 : 64;
-        float **ptr = sd_malloc(ncap * sizeof *ptr);
-        size_t *len = sd_malloc(ncap * sizeof *len);
-        if (!ptr || !len) {
-            sd_free(ptr);
-            sd_free(len);
-            return sd_error(SD_ERR_NOMEM, "backward: out of memory for the gradient pool");
-        }
-        if (g->n_pool) {
-            memcpy(ptr, g->pool_ptr, g->n_pool * sizeof *ptr);
-            memcpy(len, g->pool_len, g->n_pool * sizeof *len);
-        }
-        sd_free(g->pool_ptr);
-        sd_free(g->pool_len);
-        g->pool_ptr = ptr;
-        g->pool_len = len;
-        g->cap_pool = ncap;
-    }
-    g->pool_ptr[g->n_pool] = t->grad;
-    g->pool_len[g->n_pool] = t->numel;
-    g->n_pool++;
+    sd_status st = pool_insert(g, t->grad, grad_span(t->numel));
     t->grad = NULL;
-    return SD_OK;
+    return st;
 }
 
 sd_status sd_graph_backward(sd_graph *g, sd_tensor *out, const float *cotangent)

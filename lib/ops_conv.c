@@ -37,6 +37,7 @@
  * price: a batch that is a single chunk (one 28x28 image, a few at 7x7) runs
  * on one core; batches are what feed the cores.
  */
+#include "ops_internal.h"
 #include "sd/gemm.h"
 #include "sd/ops.h"
 
@@ -647,9 +648,11 @@ static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
     return SD_OK;
 }
 
-sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int stride, int pad)
+/* Shapes, stride and padding of a convolution; false (message and sticky
+ * status set) if they are not usable. */
+bool sd__conv2d_check(sd_graph *gr, const sd_tensor *x, const sd_tensor *w, const sd_tensor *b,
+                      int stride, int pad)
 {
-    if (!x || !w) return NULL;
     char sx[64], sw[64], sb[64];
     sd_shape_str(x, sx, sizeof sx);
     sd_shape_str(w, sw, sizeof sw);
@@ -657,37 +660,47 @@ sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int
         return sd__op_fail(gr, SD_ERR_INVALID,
                            "conv2d: need x [N,Cin,H,W] and a square kernel w [Cout,Cin,K,K], "
                            "got x %s, w %s",
-                           sx, sw);
+                           sx, sw) != NULL;
     if (x->shape[1] != w->shape[1])
         return sd__op_fail(gr, SD_ERR_INVALID, "conv2d: x %s has %d channels but w %s expects %d",
-                           sx, x->shape[1], sw, w->shape[1]);
+                           sx, x->shape[1], sw, w->shape[1]) != NULL;
     if (b && (b->ndim != 1 || b->shape[0] != w->shape[0]))
         return sd__op_fail(gr, SD_ERR_INVALID, "conv2d: bias %s does not match w %s (need [%d])",
-                           sd_shape_str(b, sb, sizeof sb), sw, w->shape[0]);
+                           sd_shape_str(b, sb, sizeof sb), sw, w->shape[0]) != NULL;
     if (stride < 1 || pad < 0)
         return sd__op_fail(gr, SD_ERR_INVALID, "conv2d: stride %d must be >= 1 and padding %d >= 0",
-                           stride, pad);
+                           stride, pad) != NULL;
     int K = w->shape[2];
     long long hpad = (long long)x->shape[2] + 2LL * pad, wpad = (long long)x->shape[3] + 2LL * pad;
     if (K > hpad || K > wpad)
         return sd__op_fail(gr, SD_ERR_INVALID,
                            "conv2d: kernel %dx%d larger than the padded input of x %s (pad %d)", K,
-                           K, sx, pad);
+                           K, sx, pad) != NULL;
     /* Keep every GEMM dimension and buffer index comfortably inside int. */
     if (hpad * wpad > INT_MAX / 8 || (long long)w->shape[0] * K * K > INT_MAX / 64 ||
         (long long)w->shape[1] * K * K > INT_MAX / 64 || x->numel / (size_t)x->shape[0] > INT_MAX)
         return sd__op_fail(gr, SD_ERR_INVALID, "conv2d: x %s, w %s (pad %d) too large", sx, sw,
-                           pad);
+                           pad) != NULL;
 
+    return true;
+}
+
+void sd__conv2d_out_shape(const sd_tensor *x, const sd_tensor *w, int stride, int pad, int shape[4])
+{
     conv_geom g;
     geom_init(&g, x, w, stride, pad);
-    sd_tensor *out = sd__op_output(gr, "conv2d", 4, (int[]){g.N, g.Cout, g.Ho, g.Wo},
-                                   conv2d_backward, 3, (sd_tensor *[]){x, w, b});
-    if (!out) return NULL;
-    /* Geometry is recomputed from the sources in backward. */
-    out->params.i[0] = stride;
-    out->params.i[1] = pad;
+    shape[0] = g.N;
+    shape[1] = g.Cout;
+    shape[2] = g.Ho;
+    shape[3] = g.Wo;
+}
 
+/* The forward of a checked convolution into y [N, Cout, Ho, Wo]. */
+sd_status sd__conv2d_forward_into(sd_graph *gr, const sd_tensor *x, const sd_tensor *w,
+                                  const sd_tensor *b, int stride, int pad, float *y_out)
+{
+    conv_geom g;
+    geom_init(&g, x, w, stride, pad);
     size_t img_y = (size_t)g.Cout * (size_t)g.HoWo;
     size_t sz[SC_N], per_thread = scratch_sizes(&g, !(g.direct && g.nb == 1), false, sz);
     int nt = conv_threads((double)g.N * g.Cout * g.HoWo * g.CKK, g.chunks);
@@ -695,7 +708,7 @@ sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int
     sd_arena_mark scratch_mark = sd__arena_mark(gr);
     if (per_thread > 0) {
         scratch = sd_graph_alloc_floats(gr, (size_t)nt * per_thread);
-        if (!scratch) return sd__op_fail(gr, SD_ERR_NOMEM, "conv2d: out of memory for scratch");
+        if (!scratch) return sd_error(SD_ERR_NOMEM, "conv2d: out of memory for scratch");
     }
     const float *bias = b ? b->data : NULL;
 
@@ -706,7 +719,7 @@ sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int
         int n0, cnt = chunk_images(&g, c, &n0);
         int ld = cnt * g.HoWo;
         const float *colp = chunk_columns(&g, x->data, n0, cnt, &sc);
-        float *y = out->data + (size_t)n0 * img_y;
+        float *y = y_out + (size_t)n0 * img_y;
         if (cnt == 1) {
             /* y_n [Cout,HoWo] = w [Cout,CKK] col_n [CKK,HoWo] (+ b, pre-filled) */
             if (bias)
@@ -728,5 +741,33 @@ sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int
         }
     }
     sd__arena_rewind(gr, scratch_mark);
+    return SD_OK;
+}
+
+/* Backward of a convolution of x (x->grad receives dx if non-NULL) given
+ * dy; the fused ops (ops_fused.c) call it with an x they recomputed. */
+sd_status sd__conv2d_backward_from(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b,
+                                   int stride, int pad, float *dy)
+{
+    sd_tensor out = {.ndim = 0, .grad = dy, .src = {x, w, b}, .op = "conv2d"};
+    out.params.i[0] = stride;
+    out.params.i[1] = pad;
+    return conv2d_backward(gr, &out);
+}
+
+sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int stride, int pad)
+{
+    if (!x || !w) return NULL;
+    if (!sd__conv2d_check(gr, x, w, b, stride, pad)) return NULL;
+    conv_geom g;
+    geom_init(&g, x, w, stride, pad);
+    sd_tensor *out = sd__op_output(gr, "conv2d", 4, (int[]){g.N, g.Cout, g.Ho, g.Wo},
+                                   conv2d_backward, 3, (sd_tensor *[]){x, w, b});
+    if (!out) return NULL;
+    /* Geometry is recomputed from the sources in backward. */
+    out->params.i[0] = stride;
+    out->params.i[1] = pad;
+    if (sd__conv2d_forward_into(gr, x, w, b, stride, pad, out->data) != SD_OK)
+        return sd__op_fail(gr, SD_ERR_NOMEM, "%s", sd_error_message());
     return out;
 }

@@ -44,6 +44,7 @@
  * element and every reduction is computed by one thread in a fixed order,
  * so results do not depend on the thread count.
  */
+#include "ops_internal.h"
 #include "sd/ops.h"
 
 #include <math.h>
@@ -419,6 +420,43 @@ static sd_tensor *gn_entry(sd_graph *g, const char *op, sd_tensor *x, int groups
         return sd__op_fail(g, SD_ERR_INVALID, "%s: %d groups do not divide the %d channels of x %s",
                            op, groups, x->shape[1], sd_shape_str(x, bx, sizeof bx));
     return gn_run(g, op, x, groups, false, gamma, beta, eps, silu);
+}
+
+bool sd__gn_check(sd_graph *g, const char *op, sd_tensor *x, int groups, sd_tensor *gamma,
+                  sd_tensor *beta, float eps)
+{
+    char bx[64];
+    if (x->ndim < 2)
+        return sd__op_fail(g, SD_ERR_INVALID, "%s: x must be [N, C, ...], got %s", op,
+                           sd_shape_str(x, bx, sizeof bx)) != NULL;
+    if (groups < 1 || x->shape[1] % groups != 0)
+        return sd__op_fail(g, SD_ERR_INVALID, "%s: %d groups do not divide the %d channels of x %s",
+                           op, groups, x->shape[1], sd_shape_str(x, bx, sizeof bx)) != NULL;
+    const gn_dims d = gn_dims_of(x, groups, false);
+    return affine_ok(g, op, x, gamma, beta, d.G * d.Cg, eps);
+}
+
+size_t sd__gn_stats_bytes(const sd_tensor *x, int groups)
+{
+    return (size_t)x->shape[0] * (size_t)groups * sizeof(norm_stat);
+}
+
+void sd__gn_silu_forward_into(const sd_tensor *x, int groups, const sd_tensor *gamma,
+                              const sd_tensor *beta, float eps, float *y, void *stats)
+{
+    const gn_dims d = gn_dims_of(x, groups, false);
+    gn_forward(&d, x->data, data_or_null(gamma), data_or_null(beta), eps, true, y, stats);
+}
+
+sd_status sd__gn_silu_backward_from(sd_graph *g, sd_tensor *x, sd_tensor *gamma, sd_tensor *beta,
+                                    int groups, void *stats, float *dy)
+{
+    sd_tensor out = {.ndim = 0, .grad = dy, .src = {x, gamma, beta}, .saved = stats,
+                     .op = "group_norm_silu"};
+    out.params.i[GN_P_GROUPS] = groups;
+    out.params.i[GN_P_LAYER] = 0;
+    out.params.i[GN_P_SILU] = 1;
+    return gn_backward(g, &out);
 }
 
 sd_tensor *sd_group_norm(sd_graph *g, sd_tensor *x, int groups, sd_tensor *gamma,

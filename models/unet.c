@@ -281,13 +281,14 @@ static sd_tensor *resblock(const sd_unet *net, sd_params *p, sd_graph *g, const 
 {
     if (!x) return NULL;
     const int G = net->cfg.groups;
-    sd_tensor *h = sd_group_norm_silu(g, x, G, P(b->norm1_w), P(b->norm1_b), SD_UNET_GN_EPS);
-    h = sd_conv2d(g, h, P(b->conv1_w), P(b->conv1_b), 1, 1);
+    /* GN + SiLU + conv fused: the activation is recomputed in backward. */
+    sd_tensor *h = sd_group_norm_silu_conv2d(g, x, G, P(b->norm1_w), P(b->norm1_b), SD_UNET_GN_EPS,
+                                             P(b->conv1_w), P(b->conv1_b), 1, 1);
     sd_tensor *t = sd_linear(g, temb_act, P(b->temb_w), P(b->temb_b));
     t = sd_reshape(g, t, 4, (int[]){x->shape[0], b->cout, 1, 1});
     h = sd_add_into(g, h, t, 1.0f); /* conv1's output is read by no backward */
-    h = sd_group_norm_silu(g, h, G, P(b->norm2_w), P(b->norm2_b), SD_UNET_GN_EPS);
-    h = sd_conv2d(g, h, P(b->conv2_w), P(b->conv2_b), 1, 1);
+    h = sd_group_norm_silu_conv2d(g, h, G, P(b->norm2_w), P(b->norm2_b), SD_UNET_GN_EPS,
+                                  P(b->conv2_w), P(b->conv2_b), 1, 1);
     sd_tensor *skip = b->skip_w >= 0 ? sd_conv2d(g, x, P(b->skip_w), P(b->skip_b), 1, 0) : x;
     /* The mirror writes (skip + h) * (1 / sqrt(2)) with the same float factor;
      * computed in conv2's output buffer (x is still read by GN1's backward). */
@@ -347,7 +348,7 @@ sd_tensor *sd_unet_forward(const sd_unet *net, sd_params *p, sd_graph *g, sd_ten
         }
         if (i != 0) h = sd_conv2d(g, sd_upsample2x(g, h), P(net->up_w[i]), P(net->up_b[i]), 1, 1);
     }
-    h = sd_group_norm_silu(g, h, c->groups, P(net->norm_out_w), P(net->norm_out_b), SD_UNET_GN_EPS);
-    h = sd_conv2d(g, h, P(net->conv_out_w), P(net->conv_out_b), 1, 1);
+    h = sd_group_norm_silu_conv2d(g, h, c->groups, P(net->norm_out_w), P(net->norm_out_b),
+                                  SD_UNET_GN_EPS, P(net->conv_out_w), P(net->conv_out_b), 1, 1);
     return sd_div(g, h, sig);
 }

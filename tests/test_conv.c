@@ -172,6 +172,82 @@ static const conv_case forward_cases[] = {
     {2, 3, 4, 9, 10, 5, 2, 2, true},    {2, 3, 4, 8, 8, 2, 2, 0, true},
 };
 
+/* ---- fused GroupNorm + SiLU + conv2d (ops_fused.c) ------------------------ */
+
+typedef struct fused_case {
+    int stride, pad;
+    bool fused;
+} fused_case;
+
+static sd_tensor *build_fused(sd_graph *g, sd_tensor **in, void *ctx)
+{
+    const fused_case *c = ctx;
+    if (c->fused)
+        return sd_group_norm_silu_conv2d(g, in[0], 3, in[1], in[2], 1e-5f, in[3], in[4], c->stride,
+                                         c->pad);
+    return sd_conv2d(g, sd_group_norm_silu(g, in[0], 3, in[1], in[2], 1e-5f), in[3], in[4],
+                     c->stride, c->pad);
+}
+
+/* Gradients against finite differences for every input, stride 1 and 2. */
+START_TEST(test_fused_gn_silu_conv_grad)
+{
+    for (int s = 1; s <= 2; s++) {
+        fused_case c = {.stride = s, .pad = 1, .fused = true};
+        gc_input in[5] = {{.ndim = 4, .shape = {2, 6, 5, 7}, .lo = -2.0f, .hi = 2.0f},
+                          {.ndim = 1, .shape = {6}, .lo = 0.5f, .hi = 1.5f},
+                          {.ndim = 1, .shape = {6}, .lo = -0.5f, .hi = 0.5f},
+                          {.ndim = 4, .shape = {4, 6, 3, 3}, .lo = -0.5f, .hi = 0.5f},
+                          {.ndim = 1, .shape = {4}, .lo = -0.5f, .hi = 0.5f}};
+        gc_result r = gc_check(build_fused, &c, 5, in, NULL);
+        ck_assert_msg(r.ok, "stride %d: %s", s, r.message);
+    }
+}
+END_TEST
+
+/* The fused node equals the two-node composition bit for bit: output and
+ * every gradient (same kernels, same statistics). */
+START_TEST(test_fused_gn_silu_conv_matches_unfused)
+{
+    enum { N = 3, C = 6, H = 9, W = 8, CO = 5 };
+    static float x[N * C * H * W], gm[C], bt[C], w[CO * C * 9], b[CO];
+    static float gx[2][N * C * H * W], ggm[2][C], gbt[2][C], gw[2][CO * C * 9], gb[2][CO];
+    static float y[2][N * CO * H * W], r[N * CO * H * W];
+    unsigned seed = 7;
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++) x[i] = 2.0f * sinf(0.37f * (float)i + 0.1f);
+    for (int i = 0; i < C; i++) gm[i] = 1.0f + 0.1f * (float)i, bt[i] = 0.05f * (float)i - 0.1f;
+    for (size_t i = 0; i < sizeof w / sizeof *w; i++) w[i] = 0.3f * cosf(1.3f * (float)i);
+    for (int i = 0; i < CO; i++) b[i] = 0.1f * (float)i;
+    for (size_t i = 0; i < sizeof r / sizeof *r; i++) r[i] = (float)((seed = seed * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+    memset(gx, 0, sizeof gx), memset(ggm, 0, sizeof ggm), memset(gbt, 0, sizeof gbt);
+    memset(gw, 0, sizeof gw), memset(gb, 0, sizeof gb);
+    sd_graph *g = sd_graph_new();
+    for (int k = 0; k < 2; k++) {
+        sd_graph_reset(g);
+        sd_tensor *in[5] = {sd_tensor_wrap(g, 4, (int[]){N, C, H, W}, x, gx[k]),
+                            sd_tensor_wrap(g, 1, (int[]){C}, gm, ggm[k]),
+                            sd_tensor_wrap(g, 1, (int[]){C}, bt, gbt[k]),
+                            sd_tensor_wrap(g, 4, (int[]){CO, C, 3, 3}, w, gw[k]),
+                            sd_tensor_wrap(g, 1, (int[]){CO}, b, gb[k])};
+        fused_case c = {.stride = 1, .pad = 1, .fused = k == 0};
+        sd_tensor *out = build_fused(g, in, &c);
+        ck_assert_ptr_nonnull(out);
+        memcpy(y[k], out->data, sizeof y[k]);
+        ck_assert_int_eq(sd_graph_backward(g, out, r), SD_OK);
+    }
+    sd_graph_free(g);
+    ck_assert_msg(memcmp(y[0], y[1], sizeof y[0]) == 0, "outputs differ");
+    ck_assert_msg(memcmp(gx[0], gx[1], sizeof gx[0]) == 0, "dL/dx differ");
+    ck_assert_msg(memcmp(ggm[0], ggm[1], sizeof ggm[0]) == 0, "dL/dgamma differ");
+    ck_assert_msg(memcmp(gbt[0], gbt[1], sizeof gbt[0]) == 0, "dL/dbeta differ");
+    ck_assert_msg(memcmp(gw[0], gw[1], sizeof gw[0]) == 0, "dL/dw differ");
+    ck_assert_msg(memcmp(gb[0], gb[1], sizeof gb[0]) == 0, "dL/db differ");
+    double gmax = 0.0;
+    for (size_t i = 0; i < sizeof gx[0] / sizeof(float); i++) gmax = fmax(gmax, fabs(gx[0][i]));
+    ck_assert_msg(gmax > 1e-3, "dL/dx vanishes (%g)", gmax);
+}
+END_TEST
+
 START_TEST(test_forward_reference)
 {
     const conv_case *c = &forward_cases[_i];
@@ -353,6 +429,8 @@ int main(void)
     tcase_add_test(tg, test_grad_cin1);
     tcase_add_test(tg, test_grad_several_chunks);
     tcase_add_test(tg, test_grad_x_constant);
+    tcase_add_test(tg, test_fused_gn_silu_conv_grad);
+    tcase_add_test(tg, test_fused_gn_silu_conv_matches_unfused);
     tcase_set_timeout(tg, 240);
     suite_add_tcase(s, tg);
     TCase *tv = tcase_create("values");

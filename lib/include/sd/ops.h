@@ -96,6 +96,12 @@ sd_tensor *sd_group_norm(sd_graph *g, sd_tensor *x, int groups, sd_tensor *gamma
  * as sd_silu(sd_group_norm(...)). */
 sd_tensor *sd_group_norm_silu(sd_graph *g, sd_tensor *x, int groups, sd_tensor *gamma,
                               sd_tensor *beta, float eps);
+/* sd_conv2d(sd_group_norm_silu(h, ...), w, b, stride, pad) as one node that
+ * recomputes the activation in backward instead of storing it (ops_fused.c):
+ * same numbers, one activation less memory. */
+sd_tensor *sd_group_norm_silu_conv2d(sd_graph *g, sd_tensor *h, int groups, sd_tensor *gamma,
+                                     sd_tensor *beta, float eps, sd_tensor *w, sd_tensor *b,
+                                     int stride, int pad);
 /* Instance norm: group norm with one channel per group. */
 sd_tensor *sd_instance_norm(sd_graph *g, sd_tensor *x, sd_tensor *gamma, sd_tensor *beta,
                             float eps);

@@ -55,7 +55,7 @@
 #include "sd/status.h"
 
 #define SD_MAX_DIMS 4
-#define SD_MAX_SRC 4
+#define SD_MAX_SRC 6
 #define SD_OP_PARAMS 16
 
 typedef struct sd_graph sd_graph;
