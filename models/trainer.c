@@ -200,7 +200,10 @@ sd_status sd_trainer_step(sd_trainer *t, const float *x0, int B)
      * Adam, zero updates: m = v = 0 gives 0 / (0 + eps). */
     st = sd_optimizer_step(t->opt, p->data, p->grad, lr);
     if (st != SD_OK) return st;
-    sd_ema_update(t->ema, p->data, p->total, t->cfg.ema_decay);
+    /* Warm-up (sd_ema_decay_warmup, score_sde's models/ema.py): with a fixed
+     * 0.999 the EMA of a 2000-step run still holds 0.999^2000 = 13% of the
+     * random init, and its samples are noise. */
+    sd_ema_update(t->ema, p->data, p->total, sd_ema_decay_warmup(t->cfg.ema_decay, t->step));
     t->step++;
     t->last_loss = value;
     t->last_grad_norm = norm;

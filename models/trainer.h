@@ -32,7 +32,7 @@ typedef struct sd_train_config {
     int64_t warmup;     /* linear warm-up steps (5000 in score_sde; default min(5000, steps/10)) */
     bool cosine;        /* cosine decay after warm-up (default constant) */
     float clip;         /* global gradient-norm clip (1.0); <= 0 disables */
-    float ema_decay;    /* 0.999 */
+    float ema_decay;    /* 0.999, warmed up: min(decay, (1 + step) / (10 + step)) */
     uint64_t seed;
     sd_objective objective;
 } sd_train_config;

@@ -51,8 +51,11 @@ static void random_rotation(sd_rng *r, int D, double *R)
     }
 }
 
-mixture mixture_random(const char *name, int K, int D, const double *w, double mean_scale,
-                       double cond, uint64_t seed)
+/* The covariance of component k is R diag(lambda) R^T, evaluated for j <= i
+ * as sum_l (R_il lambda_l) R_jl and mirrored to (j, i) (mirror_upper: as
+ * sum_l (R_jl lambda_l) R_il, the value at (j, i), mirrored to (i, j)). */
+static mixture random_mixture(const char *name, int K, int D, const double *w,
+                              double mean_scale, double cond, uint64_t seed, bool mirror_upper)
 {
     mixture m = {name, K, D, malloc((size_t)K * sizeof(double)),
                  malloc((size_t)K * D * sizeof(double)), malloc((size_t)K * D * D * sizeof(double))};
@@ -65,16 +68,31 @@ mixture mixture_random(const char *name, int K, int D, const double *w, double m
         random_rotation(&r, D, R);
         for (int i = 0; i < D; i++)
             for (int j = 0; j <= i; j++) {
+                const double *ra = R + (size_t)(mirror_upper ? j : i) * D;
+                const double *rb = R + (size_t)(mirror_upper ? i : j) * D;
                 double acc = 0;
                 for (int l = 0; l < D; l++) {
                     double lam = D > 1 ? pow(1.0 / cond, (double)l / (D - 1)) : 1.0;
-                    acc += R[i * D + l] * lam * R[j * D + l];
+                    acc += ra[l] * lam * rb[l];
                 }
                 m.cov[((size_t)k * D + i) * D + j] = m.cov[((size_t)k * D + j) * D + i] = acc;
             }
     }
     free(R);
     return m;
+}
+
+mixture mixture_random(const char *name, int K, int D, const double *w, double mean_scale,
+                       double cond, uint64_t seed)
+{
+    return random_mixture(name, K, D, w, mean_scale, cond, seed, false);
+}
+
+mixture mixture_aniso16(void)
+{
+    /* lambda from 1 down to 1 / 20 = 0.05 (1.0 / 20.0 rounds to the double 0.05) */
+    static const double w[3] = {0.45, 0.30, 0.25};
+    return random_mixture("aniso16", 3, 16, w, 2.0, 20.0, 2024, true);
 }
 
 void mixture_center(mixture *m)
@@ -114,43 +132,18 @@ double mixture_scale(const mixture *m)
 
 struct fastmix {
     const mixture *m;
-    sd_sde sde;  /* the linear family of the mixture's space (state: its ve) */
-    bool state;  /* points are x = asinh(y), the mixture describes y */
+    sd_sde sde;       /* the linear family of the mixture's space (state: its ve) */
+    bool state;       /* points are x = asinh(y), the mixture describes y */
+    bool iso;         /* precisions from U, lam (fastmix_new_iso) */
+    size_t par_min;   /* points from which a call splits its chunks over threads */
     int n_ws;
-    float **ws;  /* per thread: X [CHUNK, D], Y [CHUNK, D], Z [K, CHUNK, D], lw [CHUNK, K] */
-    float *P;    /* [K, D, D] precisions at the current call's time */
-    float *mk;   /* [K, D] perturbed means */
+    float **ws;       /* per thread: X [CHUNK, D], Y [CHUNK, D], Z [K, CHUNK, D], lw [CHUNK, K] */
+    float *P;         /* [K, D, D] precisions at the current call's time */
+    float *mk;        /* [K, D] perturbed means */
     double *logdet, *A, *Sig, *S, *T;
+    float *U;         /* iso: [K, D, D] eigenvectors of C_k in columns */
+    double *lam;      /* iso: [K, D] eigenvalues */
 };
-
-fastmix *fastmix_new(const mixture *m, const sd_sde *sde)
-{
-    fastmix *f = calloc(1, sizeof *f);
-    int K = m->K, D = m->D;
-    f->m = m;
-    f->state = sd_sde_state_dependent(sde);
-    if (f->state) {
-        memset(&f->sde, 0, sizeof f->sde);
-        f->sde.kind = SD_SDE_VE;
-        f->sde.sigma_min = sde->sigma_min;
-        f->sde.sigma_max = sde->sigma_max;
-    } else {
-        f->sde = *sde;
-    }
-    f->n_ws = omp_get_max_threads();
-    f->ws = calloc((size_t)f->n_ws, sizeof(float *));
-    for (int i = 0; i < f->n_ws; i++)
-        f->ws[i] = malloc(((size_t)(2 + K) * FM_CHUNK * D + (size_t)FM_CHUNK * K) * sizeof(float));
-    f->P = malloc((size_t)K * D * D * sizeof(float));
-    f->mk = malloc((size_t)K * D * sizeof(float));
-    f->logdet = malloc((size_t)K * sizeof(double));
-    size_t DD = (size_t)D * D * sizeof(double);
-    f->A = malloc(DD);
-    f->Sig = malloc(DD);
-    f->S = malloc(DD);
-    f->T = malloc(DD);
-    return f;
-}
 
 void fastmix_free(fastmix *f)
 {
@@ -164,8 +157,80 @@ void fastmix_free(fastmix *f)
     free(f->Sig);
     free(f->S);
     free(f->T);
+    free(f->U);
+    free(f->lam);
     free(f);
 }
+
+fastmix *fastmix_new(const mixture *m, const sd_sde *sde)
+{
+    fastmix *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    int K = m->K, D = m->D;
+    f->m = m;
+    f->par_min = 8192;
+    f->state = sd_sde_state_dependent(sde);
+    if (f->state) {
+        memset(&f->sde, 0, sizeof f->sde);
+        f->sde.kind = SD_SDE_VE;
+        f->sde.sigma_min = sde->sigma_min;
+        f->sde.sigma_max = sde->sigma_max;
+    } else {
+        f->sde = *sde;
+    }
+    int n_ws = omp_get_max_threads();
+    f->ws = calloc((size_t)n_ws, sizeof(float *));
+    bool ok = f->ws != NULL;
+    if (ok) f->n_ws = n_ws;
+    for (int i = 0; ok && i < f->n_ws; i++) {
+        f->ws[i] = malloc(((size_t)(2 + K) * FM_CHUNK * D + (size_t)FM_CHUNK * K) * sizeof(float));
+        ok = f->ws[i] != NULL;
+    }
+    f->P = malloc((size_t)K * D * D * sizeof(float));
+    f->mk = malloc((size_t)K * D * sizeof(float));
+    f->logdet = malloc((size_t)K * sizeof(double));
+    size_t DD = (size_t)D * D * sizeof(double);
+    f->A = malloc(DD);
+    f->Sig = malloc(DD);
+    f->S = malloc(DD);
+    f->T = malloc(DD);
+    if (!ok || !f->P || !f->mk || !f->logdet || !f->A || !f->Sig || !f->S || !f->T) {
+        fastmix_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+fastmix *fastmix_new_iso(const mixture *m, const sd_sde *sde)
+{
+    if (!sd_sde_is_isotropic(sde)) {
+        sd_error(SD_ERR_INVALID, "fastmix_new_iso: %s is not an isotropic family",
+                 sd_sde_name(sde));
+        return NULL;
+    }
+    fastmix *f = fastmix_new(m, sde);
+    if (!f) return NULL;
+    int K = m->K, D = m->D;
+    f->iso = true;
+    f->U = malloc((size_t)K * D * D * sizeof(float));
+    f->lam = malloc((size_t)K * D * sizeof(double));
+    if (!f->U || !f->lam) {
+        fastmix_free(f);
+        return NULL;
+    }
+    for (int k = 0; k < K; k++) { /* f->S as scratch: dsyev overwrites C_k with U */
+        memcpy(f->S, m->cov + (size_t)k * D * D, (size_t)D * D * sizeof(double));
+        if (LAPACKE_dsyev(LAPACK_ROW_MAJOR, 'V', 'U', D, f->S, D, f->lam + (size_t)k * D) != 0) {
+            sd_error(SD_ERR_NUMERIC, "fastmix_new_iso: eigen-decomposition of C_%d failed", k);
+            fastmix_free(f);
+            return NULL;
+        }
+        for (int i = 0; i < D * D; i++) f->U[(size_t)k * D * D + i] = (float)f->S[i];
+    }
+    return f;
+}
+
+void fastmix_set_par_min(fastmix *f, size_t par_min) { f->par_min = par_min; }
 
 /* Precisions and means of the components N(A mu_k, A C_k A^T + Sigma). */
 static sd_status fm_prepare(fastmix *f, double t)
@@ -205,6 +270,29 @@ static sd_status fm_prepare(fastmix *f, double t)
     return SD_OK;
 }
 
+/* Isotropic families: S_k = a^2 C_k + s^2 I, P_k = U diag(1 / (a^2 lam + s^2))
+ * U^T (in double from the float U, then rounded), log det S_k = sum log(a^2
+ * lam + s^2), means a mu_k. */
+static void fm_prepare_iso(fastmix *f, double t)
+{
+    int K = f->m->K, D = f->m->D;
+    double a = sd_sde_mean_coef(&f->sde, t), s = sd_sde_sigma(&f->sde, t), s2 = s * s;
+    for (int k = 0; k < K; k++) {
+        const double *lam = f->lam + (size_t)k * D, *mu = f->m->mu + (size_t)k * D;
+        const float *U = f->U + (size_t)k * D * D;
+        for (int i = 0; i < D; i++) f->mk[k * D + i] = (float)(a * mu[i]);
+        f->logdet[k] = 0;
+        for (int l = 0; l < D; l++) f->logdet[k] += log(a * a * lam[l] + s2);
+        for (int i = 0; i < D; i++)
+            for (int j = 0; j < D; j++) {
+                double acc = 0;
+                for (int l = 0; l < D; l++)
+                    acc += (double)U[i * D + l] * U[j * D + l] / (a * a * lam[l] + s2);
+                f->P[((size_t)k * D + i) * D + j] = (float)acc;
+            }
+    }
+}
+
 /* Score of m <= CHUNK points: z_k = P_k (x - m_k), log N = -1/2 (x - m_k).z_k
  * - 1/2 log det S_k, score = -sum_k r_k z_k. */
 static void fm_chunk(const fastmix *f, float *ws, const float *xin, size_t m, float *out)
@@ -222,8 +310,17 @@ static void fm_chunk(const fastmix *f, float *ws, const float *xin, size_t m, fl
         float *Zk = Z + (size_t)k * FM_CHUNK * D;
         for (size_t p = 0; p < m; p++)
             for (int i = 0; i < D; i++) X[p * D + i] = x[p * D + i] - mk[i];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, D, D, 1.0f, X, D, Pk, D,
-                    0.0f, Zk, D);
+        if (f->iso && D <= 4) { /* tiny: direct loops beat sgemm's call overhead */
+            for (size_t p = 0; p < m; p++)
+                for (int j = 0; j < D; j++) {
+                    float acc = 0;
+                    for (int i = 0; i < D; i++) acc += X[p * D + i] * Pk[i * D + j];
+                    Zk[p * D + j] = acc;
+                }
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, D, D, 1.0f, X, D, Pk,
+                        D, 0.0f, Zk, D);
+        }
         float c0 = (float)(log(f->m->w[k]) - 0.5 * f->logdet[k]);
         for (size_t p = 0; p < m; p++) {
             float q = 0;
@@ -255,11 +352,15 @@ static void fm_chunk(const fastmix *f, float *ws, const float *xin, size_t m, fl
 sd_status fastmix_score(void *ctx, const float *x, size_t n, double t, float *out)
 {
     fastmix *f = ctx;
-    sd_status st = fm_prepare(f, t);
-    if (st != SD_OK) return st;
+    if (f->iso) {
+        fm_prepare_iso(f, t);
+    } else {
+        sd_status st = fm_prepare(f, t);
+        if (st != SD_OK) return st;
+    }
     int D = f->m->D;
     long n_chunks = (long)((n + FM_CHUNK - 1) / FM_CHUNK);
-#pragma omp parallel for schedule(static) num_threads(f->n_ws) if (n >= 8192)
+#pragma omp parallel for schedule(static) num_threads(f->n_ws) if (n >= f->par_min)
     for (long c = 0; c < n_chunks; c++) {
         size_t lo = (size_t)c * FM_CHUNK, m = lo + FM_CHUNK <= n ? FM_CHUNK : n - lo;
         fm_chunk(f, f->ws[omp_get_thread_num()], x + lo * D, m, out + lo * D);

@@ -1,20 +1,25 @@
 /* mixture_check.h - Gaussian mixtures with exact scores under any linear
  * noise family (and the state family), and the statistics that compare
- * samples with them. Shared by the matrix-diffusion suites
- * (test_matrix_sde.c, test_matrix_samplers.c).
+ * samples with them. Shared by the sampler suites (test_samplers.c,
+ * test_matrix_sde.c, test_matrix_samplers.c).
  *
  * fastmix evaluates the same exact score as models/gmm.c (checked against it
- * in test_matrix_samplers.c) but with the precisions P_k = S_k^{-1} of the
- * perturbed components S_k = A C_k A^T + Sigma formed once per call from
- * sd_sde_kernel_dense and one matrix product per component and chunk of
- * points, which is what makes 10^7 point evaluations per sampler affordable.
+ * in test_samplers.c and test_matrix_samplers.c) but with the precisions
+ * P_k = S_k^{-1} of the perturbed components S_k = A C_k A^T + Sigma formed
+ * once per call and one matrix product per component and chunk of points,
+ * which is what makes 10^7 point evaluations per sampler affordable. Two ways
+ * to form P_k: fastmix_new, any family, from sd_sde_kernel_dense and a
+ * Cholesky inverse; fastmix_new_iso, the isotropic families only (A = a I,
+ * Sigma = s^2 I), from the eigen-decomposition C_k = U diag(lambda) U^T as
+ * P_k = U diag(1 / (a^2 lambda + s^2)) U^T. Both are exact; they differ in
+ * float rounding, so each suite keeps the one its figures were measured with.
  * Under the state family the mixture describes y = sinh x and the score
  * follows by the change of variables (gmm.h).
  *
- * Statistics (as tests/test_samplers.c, whose file comment derives the
- * tolerances): soft-assignment moments with the clean responsibilities
- * r_k(x), unbiased on exact samples; an energy-distance two-sample test
- * (Szekely & Rizzo 2004) with 199 permutations.
+ * Statistics (tests/test_samplers.c's file comment derives the tolerances):
+ * soft-assignment moments with the clean responsibilities r_k(x), unbiased on
+ * exact samples; an energy-distance two-sample test (Szekely & Rizzo 2004)
+ * with 199 permutations.
  */
 #ifndef SD_TEST_MIXTURE_CHECK_H
 #define SD_TEST_MIXTURE_CHECK_H
@@ -24,6 +29,19 @@
 
 #include "gmm.h"
 #include "sd/sde.h"
+
+/* 1 in an AddressSanitizer build: the suites then run fewer or smaller
+ * cases (each says which), keeping their tolerances. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SD_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SD_TEST_ASAN 1
+#endif
+#endif
+#ifndef SD_TEST_ASAN
+#define SD_TEST_ASAN 0
+#endif
 
 typedef struct mixture {
     const char *name;
@@ -42,13 +60,25 @@ mixture mixture_random(const char *name, int K, int D, const double *w, double m
                        double cond, uint64_t seed);
 /* Shift the means so that the mixture's mean is 0 (see test_matrix_samplers.c). */
 void mixture_center(mixture *m);
+/* test_samplers.c's aniso16: mixture_random("aniso16", 3, 16, {0.45, 0.30,
+ * 0.25}, 2.0, 20.0, 2024), except that each covariance is mirrored from its
+ * upper triangle (mixture_random: lower), as that suite always built it; the
+ * two differ in the last bits, and each suite's samples stay bit-for-bit. */
+mixture mixture_aniso16(void);
 /* NULL if sd_gmm_new fails. */
 sd_gmm *mixture_gmm(const mixture *m);
 /* sqrt(tr Cov / D) of the whole mixture. */
 double mixture_scale(const mixture *m);
 
 typedef struct fastmix fastmix;
+/* NULL if out of memory. */
 fastmix *fastmix_new(const mixture *m, const sd_sde *sde);
+/* NULL (with a message) unless sd_sde_is_isotropic(sde), or if an
+ * eigen-decomposition or allocation fails. */
+fastmix *fastmix_new_iso(const mixture *m, const sd_sde *sde);
+/* Calls with n >= par_min points split their chunks over the OpenMP threads
+ * (default 8192; the result does not depend on it). */
+void fastmix_set_par_min(fastmix *f, size_t par_min);
 void fastmix_free(fastmix *f);
 /* sd_score_fn: exact score of p_t at x [n, D] into out. */
 sd_status fastmix_score(void *ctx, const float *x, size_t n, double t, float *out);

@@ -55,17 +55,6 @@
 #include "sd/sde.h"
 #include "sd/tensor.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SLOW 1
-#endif
-#endif
-#ifndef SLOW
-#define SLOW 0
-#endif
-
 static const size_t N_SAMPLES = 10000;
 static char tmpdir[256];
 static char cpath2[320], cpath4[320];
@@ -227,7 +216,7 @@ START_TEST(test_sampler_accuracy)
     for (int fam = 0; fam < N_FAMILIES; fam++)
         for (int which = 0; which < N_SAMPLERS; which++) {
             if (fam == F_STATE2 && which == S_PC_EM_LANGEVIN) continue; /* issue: ODE */
-            if (SLOW && fam != F_DENSE2 && fam != F_STATE2) continue;
+            if (SD_TEST_ASAN && fam != F_DENSE2 && fam != F_STATE2) continue;
             cases[n_cases][0] = fam;
             cases[n_cases][1] = which;
             n_cases++;
@@ -338,7 +327,7 @@ START_TEST(test_state_flow_is_ve_image)
     sd_sampler_opts o = sd_sampler_defaults(SD_SAMPLER_ODE);
     o.batch = 2500;
     o.seed = 3;
-    size_t n = SLOW ? 2500 : N_SAMPLES;
+    size_t n = SD_TEST_ASAN ? 2500 : N_SAMPLES;
     float *a = malloc(n * 2 * sizeof(float)), *b = malloc(n * 2 * sizeof(float));
     ck_assert_int_eq(sd_sample(&s1, &o, n, a, NULL), SD_OK);
     ck_assert_int_eq(sd_sample(&s2, &o, n, b, NULL), SD_OK);
@@ -403,7 +392,7 @@ static sd_model *case_model(int fam, mixture *mx_out)
  * mean difference within 3 of its standard errors. */
 static void check_likelihood(int fam)
 {
-    const int NP = SLOW ? 25 : 100, P = 32;
+    const int NP = SD_TEST_ASAN ? 25 : 100, P = 32;
     mixture mx;
     sd_model *m = case_model(fam, &mx);
     size_t D = m->D;

@@ -27,17 +27,6 @@
 #include "sd/rng.h"
 #include "sd/sde.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SLOW 1
-#endif
-#endif
-#ifndef SLOW
-#define SLOW 0
-#endif
-
 static char tmpdir[256];
 
 static void make_tmpdir(void)
@@ -100,8 +89,8 @@ START_TEST(test_dct_kernel_monte_carlo)
                      SD_OK);
     enum { H = 4, W = 4, D = 16 };
     const double T = 0.3;
-    const int STEPS = SLOW ? 300 : 500;
-    const size_t n = SLOW ? 2000 : 5000;
+    const int STEPS = SD_TEST_ASAN ? 300 : 500;
+    const size_t n = SD_TEST_ASAN ? 2000 : 5000;
     float x0[D];
     for (int i = 0; i < D; i++) x0[i] = (float)(1.0 + sin(0.9 * i) + 0.5 * (i / W));
     float *x = malloc(n * D * sizeof(float)), *f = malloc(n * D * sizeof(float));

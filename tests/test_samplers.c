@@ -44,13 +44,13 @@
  * triangular solves); these runs need ~10^7 point evaluations each, so the
  * test evaluates the same exact score from an eigen-decomposition, S_k^-1 =
  * U_k diag(1 / (a^2 lambda + sigma^2)) U_k^T prepared per call and one sgemm
- * per component and chunk, valid for the isotropic families, and first checks
- * it against sd_gmm_score at many times (test_fast_score_matches_gmm). The
- * model adapter (sd_scorer_from_model over a gmm) is checked separately.
+ * per component and chunk, valid for the isotropic families
+ * (fastmix_new_iso), and first checks it against sd_gmm_score at many times
+ * (test_fast_score_matches_gmm). The model adapter (sd_scorer_from_model over
+ * a gmm) is checked separately. Mixtures, the fast score and the statistics
+ * are tests/mixture_check.c's, shared with the matrix-family suites.
  */
-#include <cblas.h>
 #include <check.h>
-#include <lapacke.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -61,365 +61,33 @@
 
 #include "gmm.h"
 #include "image_grid.h"
+#include "mixture_check.h"
 #include "sampler.h"
 #include "sd/data.h"
 #include "sd/rng.h"
 #include "sd/sde.h"
 #include "sd/tensor.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SD_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SD_TEST_ASAN 1
-#endif
-#endif
-#ifndef SD_TEST_ASAN
-#define SD_TEST_ASAN 0
-#endif
-
 /* Sample size per sampler. Under ASan the accuracy test keeps N and the
  * tolerances but runs the 2-D mixture only (the sampler code is the same for
  * any D; the 16-D cases would take minutes instrumented). */
 static const size_t N_SAMPLES = 10000;
 
-/* ---- mixtures ---------------------------------------------------------------- */
-
-typedef struct mixture {
-    const char *name;
-    int K, D;
-    double *w, *mu, *cov; /* [K], [K, D], [K, D, D] */
-} mixture;
-
-static void mixture_free(mixture *m)
+/* The fast exact score of mixture_check.h in its isotropic-family mode
+ * (see the file comment); fails the test if it cannot be set up. */
+static fastmix *fast_new(const mixture *m, const sd_sde *sde)
 {
-    free(m->w);
-    free(m->mu);
-    free(m->cov);
-}
-
-static mixture ring8(void)
-{
-    mixture m = {"ring8", 8, 2, malloc(8 * sizeof(double)), malloc(16 * sizeof(double)),
-                 malloc(32 * sizeof(double))};
-    for (int k = 0; k < 8; k++) {
-        double a = 2 * M_PI * k / 8, c = cos(a), s = sin(a);
-        m.w[k] = k % 2 ? 0.15 : 0.10;
-        m.mu[2 * k] = 4 * c;
-        m.mu[2 * k + 1] = 4 * s;
-        double l1 = 0.3, l2 = 0.05; /* R diag(l1, l2) R^T, long axis tangential */
-        m.cov[4 * k + 0] = l2 * c * c + l1 * s * s;
-        m.cov[4 * k + 1] = m.cov[4 * k + 2] = (l2 - l1) * c * s;
-        m.cov[4 * k + 3] = l2 * s * s + l1 * c * c;
-    }
-    return m;
-}
-
-/* Random rotation by Gram-Schmidt on Gaussian columns. */
-static void random_rotation(sd_rng *r, int D, double *R)
-{
-    for (int i = 0; i < D * D; i++) R[i] = sd_rng_normal(r);
-    for (int j = 0; j < D; j++) {
-        for (int p = 0; p < j; p++) {
-            double dot = 0;
-            for (int i = 0; i < D; i++) dot += R[i * D + j] * R[i * D + p];
-            for (int i = 0; i < D; i++) R[i * D + j] -= dot * R[i * D + p];
-        }
-        double nn = 0;
-        for (int i = 0; i < D; i++) nn += R[i * D + j] * R[i * D + j];
-        for (int i = 0; i < D; i++) R[i * D + j] /= sqrt(nn);
-    }
-}
-
-static mixture aniso16(void)
-{
-    enum { K = 3, D = 16 };
-    mixture m = {"aniso16", K, D, malloc(K * sizeof(double)), malloc(K * D * sizeof(double)),
-                 malloc(K * D * D * sizeof(double))};
-    const double w[K] = {0.45, 0.30, 0.25};
-    sd_rng r;
-    sd_rng_init(&r, 2024, SD_STREAM_INIT);
-    double R[D * D];
-    for (int k = 0; k < K; k++) {
-        m.w[k] = w[k];
-        for (int i = 0; i < D; i++) m.mu[k * D + i] = 2.0 * sd_rng_normal(&r);
-        random_rotation(&r, D, R);
-        for (int i = 0; i < D; i++)
-            for (int j = 0; j < D; j++) {
-                double acc = 0;
-                for (int l = 0; l < D; l++) {
-                    double lam = pow(0.05, (double)l / (D - 1)); /* 1 .. 0.05 */
-                    acc += R[i * D + l] * lam * R[j * D + l];
-                }
-                m.cov[(k * D + i) * D + j] = acc;
-            }
-        /* exact symmetry for sd_gmm_new */
-        for (int i = 0; i < D; i++)
-            for (int j = 0; j < i; j++) m.cov[(k * D + i) * D + j] = m.cov[(k * D + j) * D + i];
-    }
-    return m;
-}
-
-static sd_gmm *mixture_gmm(const mixture *m)
-{
-    sd_gmm *g;
-    ck_assert_int_eq(sd_gmm_new(m->K, m->D, m->w, m->mu, m->cov, &g), SD_OK);
-    return g;
-}
-
-/* sqrt(tr Cov / D) of the whole mixture. */
-static double data_scale(const mixture *m)
-{
-    int D = m->D;
-    double tr = 0, mean[64] = {0};
-    for (int k = 0; k < m->K; k++)
-        for (int i = 0; i < D; i++) mean[i] += m->w[k] * m->mu[k * D + i];
-    for (int k = 0; k < m->K; k++)
-        for (int i = 0; i < D; i++) {
-            double d = m->mu[k * D + i] - mean[i];
-            tr += m->w[k] * (m->cov[(k * D + i) * D + i] + d * d);
-        }
-    return sqrt(tr / D);
-}
-
-/* ---- fast exact score (see the file comment) ------------------------------------ */
-
-#define FAST_CHUNK 256
-
-typedef struct fastgmm {
-    int K, D;
-    const mixture *m;
-    sd_sde sde;
-    float *U;      /* [K, D, D] eigenvectors in columns */
-    double *lam;   /* [K, D] eigenvalues */
-    int n_ws;
-    float **ws;    /* per thread: Z [K, CHUNK, D], X [CHUNK, D], lw [CHUNK, K] */
-    size_t par_min; /* points from which fast_eval splits chunks over threads */
-    float *P;       /* [K, D, D] precisions at the current call's time */
-    double *logdet; /* [K] */
-} fastgmm;
-
-static fastgmm *fast_new(const mixture *m, const sd_sde *sde)
-{
-    fastgmm *f = calloc(1, sizeof *f);
-    int K = m->K, D = m->D;
-    f->K = K;
-    f->D = D;
-    f->m = m;
-    f->sde = *sde;
-    f->U = malloc((size_t)K * D * D * sizeof(float));
-    f->lam = malloc((size_t)K * D * sizeof(double));
-    double *A = malloc((size_t)D * D * sizeof(double));
-    for (int k = 0; k < K; k++) {
-        memcpy(A, m->cov + (size_t)k * D * D, (size_t)D * D * sizeof(double));
-        ck_assert_int_eq(LAPACKE_dsyev(LAPACK_ROW_MAJOR, 'V', 'U', D, A, D, f->lam + k * D), 0);
-        for (int i = 0; i < D * D; i++) f->U[(size_t)k * D * D + i] = (float)A[i];
-    }
-    free(A);
-    f->n_ws = omp_get_max_threads();
-    f->par_min = 8192;
-    f->P = malloc((size_t)K * D * D * sizeof(float));
-    f->logdet = malloc((size_t)K * sizeof(double));
-    f->ws = calloc((size_t)f->n_ws, sizeof(float *));
-    for (int i = 0; i < f->n_ws; i++)
-        f->ws[i] = malloc(((size_t)K * FAST_CHUNK * D + FAST_CHUNK * D + FAST_CHUNK * K) *
-                          sizeof(float));
+    fastmix *f = fastmix_new_iso(m, sde);
+    ck_assert_msg(f != NULL, "fastmix_new_iso: %s", sd_error_message());
     return f;
 }
 
-static void fast_free(fastgmm *f)
+/* The suite's gmm of a mixture (sd_gmm_new must accept it). */
+static sd_gmm *gmm_of(const mixture *m)
 {
-    for (int i = 0; i < f->n_ws; i++) free(f->ws[i]);
-    free(f->ws);
-    free(f->P);
-    free(f->logdet);
-    free(f->U);
-    free(f->lam);
-    free(f);
-}
-
-/* Score (if out) and/or responsibilities (if resp [m, K]) of m <= CHUNK points
- * under components N(a mu_k, S_k), S_k = a^2 C_k + s2 I: with the precision
- * P_k = S_k^-1 = U_k diag(1 / (a^2 lam + s2)) U_k^T (prepared per call),
- * z_k = P_k (x - a mu_k), log N = -1/2 (x - a mu_k).z_k - 1/2 log det S_k, and
- * score = -sum_k r_k z_k: one sgemm per component. */
-static void fast_chunk(const fastgmm *f, float *ws, const float *P, const double *logdet,
-                       const float *x, size_t m, double a, float *out, double *resp)
-{
-    int K = f->K, D = f->D;
-    float *Z = ws, *X = Z + (size_t)K * FAST_CHUNK * D, *lw = X + (size_t)FAST_CHUNK * D;
-    for (int k = 0; k < K; k++) {
-        const double *mu = f->m->mu + (size_t)k * D;
-        const float *Pk = P + (size_t)k * D * D;
-        float *Zk = Z + (size_t)k * FAST_CHUNK * D, amu[64];
-        for (int i = 0; i < D; i++) amu[i] = (float)(a * mu[i]);
-        for (size_t p = 0; p < m; p++)
-            for (int i = 0; i < D; i++) X[p * D + i] = x[p * D + i] - amu[i];
-        if (D <= 4) { /* tiny: direct loops beat sgemm's call overhead */
-            for (size_t p = 0; p < m; p++)
-                for (int j = 0; j < D; j++) {
-                    float acc = 0;
-                    for (int i = 0; i < D; i++) acc += X[p * D + i] * Pk[i * D + j];
-                    Zk[p * D + j] = acc;
-                }
-        } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, D, D, 1.0f, X, D, Pk,
-                        D, 0.0f, Zk, D);
-        }
-        float c0 = (float)(log(f->m->w[k]) - 0.5 * logdet[k]);
-        for (size_t p = 0; p < m; p++) {
-            float q = 0;
-            for (int i = 0; i < D; i++) q += X[p * D + i] * Zk[p * D + i];
-            lw[p * K + k] = c0 - 0.5f * q;
-        }
-    }
-    /* responsibilities by a max-subtracted softmax */
-    for (size_t p = 0; p < m; p++) {
-        float mx = -INFINITY, sum = 0;
-        for (int k = 0; k < K; k++) mx = fmaxf(mx, lw[p * K + k]);
-        for (int k = 0; k < K; k++) sum += (lw[p * K + k] = expf(lw[p * K + k] - mx));
-        for (int k = 0; k < K; k++) {
-            lw[p * K + k] /= sum;
-            if (resp) resp[p * K + k] = lw[p * K + k];
-        }
-    }
-    if (!out) return;
-    for (size_t p = 0; p < m; p++)
-        for (int i = 0; i < D; i++) {
-            float acc = 0;
-            for (int k = 0; k < K; k++) acc += lw[p * K + k] * Z[((size_t)k * FAST_CHUNK + p) * D + i];
-            out[p * D + i] = -acc;
-        }
-}
-
-static void fast_eval(fastgmm *f, const float *x, size_t n, double a, double s2, float *out,
-                      double *resp)
-{
-    int D = f->D, K = f->K;
-    /* P_k = U diag(1 / (a^2 lam + s2)) U^T, in double then rounded */
-    float *P = f->P;
-    double *logdet = f->logdet;
-    for (int k = 0; k < K; k++) {
-        const double *lam = f->lam + (size_t)k * D;
-        const float *U = f->U + (size_t)k * D * D;
-        logdet[k] = 0;
-        for (int l = 0; l < D; l++) logdet[k] += log(a * a * lam[l] + s2);
-        for (int i = 0; i < D; i++)
-            for (int j = 0; j < D; j++) {
-                double acc = 0;
-                for (int l = 0; l < D; l++)
-                    acc += (double)U[i * D + l] * U[j * D + l] / (a * a * lam[l] + s2);
-                P[((size_t)k * D + i) * D + j] = (float)acc;
-            }
-    }
-    long n_chunks = (long)((n + FAST_CHUNK - 1) / FAST_CHUNK);
-    /* split over threads only when it pays (see GMM_PAR_MIN in sample.c) */
-#pragma omp parallel for schedule(static) num_threads(f->n_ws) if (n >= f->par_min)
-    for (long c = 0; c < n_chunks; c++) {
-        size_t lo = (size_t)c * FAST_CHUNK, m = lo + FAST_CHUNK <= n ? FAST_CHUNK : n - lo;
-        fast_chunk(f, f->ws[omp_get_thread_num()], P, logdet, x + lo * D, m, a,
-                   out ? out + lo * D : NULL, resp ? resp + lo * K : NULL);
-    }
-}
-
-static sd_status fast_score(void *ctx, const float *x, size_t n, double t, float *out)
-{
-    fastgmm *f = ctx;
-    double a = sd_sde_mean_coef(&f->sde, t), s = sd_sde_sigma(&f->sde, t);
-    fast_eval(f, x, n, a, s * s, out, NULL);
-    return SD_OK;
-}
-
-/* ---- statistics ---------------------------------------------------------------- */
-
-typedef struct moments {
-    double w_err, mean_err, cov_err, cov_noise; /* worst over components */
-    double energy_p;
-} moments;
-
-/* Soft-assignment moments of x [n, D] compared with the mixture. */
-static void compare_moments(const mixture *mx, fastgmm *clean, const float *x, size_t n,
-                            moments *out)
-{
-    int K = mx->K, D = mx->D;
-    double *r = malloc(n * K * sizeof(double));
-    fast_eval(clean, x, n, 1.0, 0.0, NULL, r);
-    double s = data_scale(mx);
-    out->w_err = out->mean_err = out->cov_err = out->cov_noise = 0;
-    for (int k = 0; k < K; k++) {
-        double W = 0, m[64] = {0}, C[64 * 64] = {0};
-        for (size_t p = 0; p < n; p++) {
-            W += r[p * K + k];
-            for (int i = 0; i < D; i++) m[i] += r[p * K + k] * x[p * D + i];
-        }
-        for (int i = 0; i < D; i++) m[i] /= W;
-        for (size_t p = 0; p < n; p++) {
-            double rk = r[p * K + k];
-            for (int i = 0; i < D; i++)
-                for (int j = 0; j <= i; j++)
-                    C[i * D + j] += rk * (x[p * D + i] - m[i]) * (x[p * D + j] - m[j]);
-        }
-        double diff2 = 0, norm2 = 0, tr = 0, mean_dev = 0;
-        for (int i = 0; i < D; i++) {
-            mean_dev = fmax(mean_dev, fabs(m[i] - mx->mu[k * D + i]));
-            tr += mx->cov[((size_t)k * D + i) * D + i];
-            for (int j = 0; j < D; j++) {
-                double c = (j <= i ? C[i * D + j] : C[j * D + i]) / W;
-                double truth = mx->cov[((size_t)k * D + i) * D + j];
-                diff2 += (c - truth) * (c - truth);
-                norm2 += truth * truth;
-            }
-        }
-        double nk = mx->w[k] * (double)n;
-        out->w_err = fmax(out->w_err, fabs(W / (double)n - mx->w[k]));
-        out->mean_err = fmax(out->mean_err, mean_dev / s);
-        out->cov_err = fmax(out->cov_err, sqrt(diff2 / norm2));
-        out->cov_noise = fmax(out->cov_noise, sqrt((tr * tr + norm2) / nk / norm2));
-    }
-    free(r);
-}
-
-/* Energy-distance two-sample test (Szekely & Rizzo 2004, "Testing for equal
- * distributions in high dimension"): E = 2 E|X-Y| - E|X-X'| - E|Y-Y'|, with
- * m points from each sample; with labels l = +-1 (m each), E * m^2 =
- * -l^T Dist l, so all permutations are one sgemm Dist [2m, 2m] x L [2m, P+1].
- * p = (1 + #{perm >= observed}) / (P + 1); P = 199 permutations. */
-#define ENERGY_PERMS 199
-static double energy_test(const float *x, const float *y, size_t m, int D, uint64_t seed)
-{
-    size_t N = 2 * m, P = ENERGY_PERMS + 1;
-    float *Dm = malloc(N * N * sizeof(float)), *L = malloc(N * P * sizeof(float));
-    float *DL = malloc(N * P * sizeof(float));
-#pragma omp parallel for schedule(dynamic, 16)
-    for (long i = 0; i < (long)N; i++) {
-        const float *a = i < (long)m ? x + i * D : y + (i - m) * D;
-        for (size_t j = 0; j < N; j++) {
-            const float *b = j < m ? x + j * D : y + (j - m) * D;
-            double ss = 0;
-            for (int d = 0; d < D; d++) ss += (double)(a[d] - b[d]) * (a[d] - b[d]);
-            Dm[i * N + j] = (float)sqrt(ss);
-        }
-    }
-    sd_rng r;
-    sd_rng_init(&r, seed, SD_STREAM_PROBE);
-    uint32_t *perm = malloc(N * sizeof(uint32_t));
-    for (size_t p = 0; p < P; p++) {
-        for (size_t i = 0; i < N; i++) perm[i] = (uint32_t)i;
-        if (p > 0) sd_rng_shuffle_indices(&r, perm, N);
-        for (size_t i = 0; i < N; i++) L[perm[i] * P + p] = i < m ? 1.0f : -1.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)P, (int)N, 1.0f, Dm,
-                (int)N, L, (int)P, 0.0f, DL, (int)P);
-    double q[ENERGY_PERMS + 1] = {0};
-    for (size_t i = 0; i < N; i++)
-        for (size_t p = 0; p < P; p++) q[p] += (double)L[i * P + p] * DL[i * P + p];
-    int ge = 0;
-    for (size_t p = 1; p < P; p++) ge += -q[p] >= -q[0];
-    free(Dm);
-    free(L);
-    free(DL);
-    free(perm);
-    return (1.0 + ge) / (double)P;
+    sd_gmm *g = mixture_gmm(m);
+    ck_assert_msg(g != NULL, "sd_gmm_new: %s", sd_error_message());
+    return g;
 }
 
 static double now_s(void)
@@ -512,7 +180,7 @@ typedef struct case_result {
     char err[256];
     int64_t nfe;
     moments mo;
-    double secs;
+    double energy_p, secs;
     bool ok;
 } case_result;
 
@@ -523,16 +191,16 @@ static void run_case(const mixture *mx, int fam, int which, const float *ref, si
     memset(cr, 0, sizeof *cr);
     cr->which = which;
     family_spec(fam, which, cr->spec, sizeof cr->spec);
-    sd_sde sde, plain;
-    if (sd_sde_parse(cr->spec, &sde) != SD_OK || sd_sde_parse("ve", &plain) != SD_OK) {
+    sd_sde sde;
+    if (sd_sde_parse(cr->spec, &sde) != SD_OK) {
         cr->status = SD_ERR_INTERNAL;
         return;
     }
     size_t n = N_SAMPLES;
     float *x = malloc(n * mx->D * sizeof(float));
-    fastgmm *f = fast_new(mx, &sde), *clean = fast_new(mx, &plain);
+    fastmix *f = fast_new(mx, &sde);
     sd_scorer sc;
-    sd_scorer_from_fn(&sc, fast_score, f, &sde, mx->D, 1, 1);
+    sd_scorer_from_fn(&sc, fastmix_score, f, &sde, mx->D, 1, 1);
     sd_sampler_opts o = case_opts(which, &sde);
     sd_sample_stats st;
     double t0 = now_s();
@@ -542,13 +210,12 @@ static void run_case(const mixture *mx, int fam, int which, const float *ref, si
         snprintf(cr->err, sizeof cr->err, "%s", sd_error_message());
     } else {
         cr->nfe = st.nfe_max;
-        compare_moments(mx, clean, x, n, &cr->mo);
-        cr->mo.energy_p = energy_test(x, ref, m_energy, mx->D, energy_seed);
+        compare_moments(mx, x, n, &cr->mo);
+        cr->energy_p = energy_test(x, ref, m_energy, mx->D, energy_seed);
         cr->ok = cr->mo.w_err <= 0.02 && cr->mo.mean_err <= 0.05 && cr->mo.cov_err <= 0.10 &&
-                 cr->mo.energy_p > 0.01;
+                 cr->energy_p > 0.01;
     }
-    fast_free(f);
-    fast_free(clean);
+    fastmix_free(f);
     free(x);
 }
 
@@ -559,10 +226,10 @@ static void run_case(const mixture *mx, int fam, int which, const float *ref, si
  * thread runs what. */
 START_TEST(test_sampler_accuracy)
 {
-    mixture mx = _i == 0 ? ring8() : aniso16();
+    mixture mx = _i == 0 ? mixture_ring8() : mixture_aniso16();
     size_t m_energy = 1500;
     float *ref = malloc(m_energy * mx.D * sizeof(float));
-    sd_gmm *g = mixture_gmm(&mx);
+    sd_gmm *g = gmm_of(&mx);
     sd_rng r;
     sd_rng_init(&r, 77 + (uint64_t)_i, SD_STREAM_DATA);
     sd_gmm_sample(g, &r, ref, NULL, m_energy);
@@ -589,14 +256,14 @@ START_TEST(test_sampler_accuracy)
             printf("%-7s %-10s %-15s NFE %5lld  w %.4f  mean %.4f  cov %.4f (noise %.3f)  "
                    "energy p %.3f  %5.1fs %s\n",
                    mx.name, cr->spec, sampler_names[which], (long long)cr->nfe, mo->w_err,
-                   mo->mean_err, mo->cov_err, mo->cov_noise, mo->energy_p, cr->secs,
+                   mo->mean_err, mo->cov_err, mo->cov_noise, cr->energy_p, cr->secs,
                    cr->ok ? "" : "FAIL");
             if (!cr->ok) {
                 bad++;
                 snprintf(msg + strlen(msg), sizeof msg - strlen(msg),
                          "[%s %s %s: w %.4f mean %.4f cov %.4f p %.3f] ", mx.name, cr->spec,
                          sampler_names[which], mo->w_err, mo->mean_err, mo->cov_err,
-                         mo->energy_p);
+                         cr->energy_p);
             }
         }
     printf("%s: %d cases in %.1f s\n", mx.name, n_cases, now_s() - t0);
@@ -615,32 +282,30 @@ END_TEST
  * samples left between modes, for every sampler). Same tolerances, ve and vp. */
 START_TEST(test_ancestral_gaussian)
 {
-    mixture mx = ring8();
+    mixture mx = mixture_ring8();
     mx.K = 1;
     mx.w[0] = 1.0;
     const char *fams[2] = {"ve", "vp"};
     char msg[512] = "";
     for (int fi = 0; fi < 2; fi++) {
-        sd_sde sde, plain;
+        sd_sde sde;
         ck_assert_int_eq(sd_sde_parse(fams[fi], &sde), SD_OK);
-        ck_assert_int_eq(sd_sde_parse("ve", &plain), SD_OK);
-        fastgmm *f = fast_new(&mx, &sde), *clean = fast_new(&mx, &plain);
+        fastmix *f = fast_new(&mx, &sde);
         sd_scorer sc;
-        sd_scorer_from_fn(&sc, fast_score, f, &sde, 2, 1, 1);
+        sd_scorer_from_fn(&sc, fastmix_score, f, &sde, 2, 1, 1);
         sd_sampler_opts o = case_opts(S_PC_ANCESTRAL, &sde);
         size_t n = N_SAMPLES;
         float *x = malloc(n * 2 * sizeof(float));
         ck_assert_int_eq(sd_sample(&sc, &o, n, x, NULL), SD_OK);
         moments mo;
-        compare_moments(&mx, clean, x, n, &mo);
+        compare_moments(&mx, x, n, &mo);
         printf("ancestral %s (1 Gaussian, N = %d): mean %.4f cov %.4f (noise %.3f)\n", fams[fi],
                ANCESTRAL_N, mo.mean_err, mo.cov_err, mo.cov_noise);
         if (!(mo.mean_err <= 0.05 && mo.cov_err <= 0.10))
             snprintf(msg + strlen(msg), sizeof msg - strlen(msg), "[%s: mean %.4f cov %.4f] ",
                      fams[fi], mo.mean_err, mo.cov_err);
         free(x);
-        fast_free(f);
-        fast_free(clean);
+        fastmix_free(f);
     }
     mixture_free(&mx);
     ck_assert_msg(msg[0] == 0, "%s", msg);
@@ -657,15 +322,15 @@ START_TEST(test_fast_score_matches_gmm)
     const double ts[] = {0.0, 1e-5, 1e-3, 0.05, 0.2, 0.5, 0.8, 1.0};
     double worst = 0;
     for (int mi = 0; mi < 2; mi++) {
-        mixture mx = mi == 0 ? ring8() : aniso16();
-        sd_gmm *g = mixture_gmm(&mx);
+        mixture mx = mi == 0 ? mixture_ring8() : mixture_aniso16();
+        sd_gmm *g = gmm_of(&mx);
         size_t n = 600;
         float *x = malloc(n * mx.D * sizeof(float)), *a = malloc(n * mx.D * sizeof(float));
         float *b = malloc(n * mx.D * sizeof(float));
         for (int fi = 0; fi < 3; fi++) {
             sd_sde sde;
             ck_assert_int_eq(sd_sde_parse(fams[fi], &sde), SD_OK);
-            fastgmm *f = fast_new(&mx, &sde);
+            fastmix *f = fast_new(&mx, &sde);
             for (int k = 0; k < 8; k++) {
                 sd_rng r;
                 sd_rng_init(&r, (uint64_t)k, SD_STREAM_DATA);
@@ -673,12 +338,12 @@ START_TEST(test_fast_score_matches_gmm)
                 double am = sd_sde_mean_coef(&sde, ts[k]), sg = sd_sde_sigma(&sde, ts[k]);
                 for (size_t i = 0; i < n * mx.D; i++)
                     x[i] = (float)(am * x[i] + sg * sd_rng_normal(&r));
-                ck_assert_int_eq(fast_score(f, x, n, ts[k], a), SD_OK);
+                ck_assert_int_eq(fastmix_score(f, x, n, ts[k], a), SD_OK);
                 ck_assert_int_eq(sd_gmm_score(g, &sde, ts[k], x, b, n), SD_OK);
                 for (size_t i = 0; i < n * mx.D; i++)
                     worst = fmax(worst, fabs(a[i] - b[i]) / (1.0 + fabs(b[i])));
             }
-            fast_free(f);
+            fastmix_free(f);
         }
         free(x);
         free(a);
@@ -696,11 +361,11 @@ START_TEST(test_model_adapter)
     /* sd_scorer_from_model over a gmm: per-thread copies, same numbers as
      * sd_gmm_score, counted; and a whole ODE run through it agrees with the
      * fast score. */
-    mixture mx = ring8();
+    mixture mx = mixture_ring8();
     sd_sde sde;
     ck_assert_int_eq(sd_sde_parse("ve", &sde), SD_OK);
     sd_model *m;
-    ck_assert_int_eq(sd_model_new_gmm(mixture_gmm(&mx), &sde, &m), SD_OK);
+    ck_assert_int_eq(sd_model_new_gmm(gmm_of(&mx), &sde, &m), SD_OK);
     sd_scorer sc;
     ck_assert_int_eq(sd_scorer_from_model(m, &sc), SD_OK);
     ck_assert_int_eq((int)sc.D, 2);
@@ -724,14 +389,14 @@ START_TEST(test_model_adapter)
     size_t ns = 500;
     sd_sample_stats st;
     ck_assert_int_eq(sd_sample(&sc, &o, ns, a, &st), SD_OK);
-    fastgmm *f = fast_new(&mx, &sde);
+    fastmix *f = fast_new(&mx, &sde);
     sd_scorer fs;
-    sd_scorer_from_fn(&fs, fast_score, f, &sde, 2, 1, 1);
+    sd_scorer_from_fn(&fs, fastmix_score, f, &sde, 2, 1, 1);
     ck_assert_int_eq(sd_sample(&fs, &o, ns, b, &st), SD_OK);
     double md = 0;
     for (size_t i = 0; i < ns * 2; i++) md = fmax(md, fabs(a[i] - b[i]));
     ck_assert_msg(md < 1e-3, "adapter vs fast score: %g", md);
-    fast_free(f);
+    fastmix_free(f);
     sd_scorer_release(&sc);
     sd_model_free(m);
     free(x);
@@ -744,7 +409,7 @@ END_TEST
 /* ---- exact NFE ------------------------------------------------------------------------- */
 
 typedef struct counting {
-    fastgmm *f;
+    fastmix *f;
     long calls;
     long nan_at;
 } counting;
@@ -753,7 +418,7 @@ static sd_status count_score(void *ctx, const float *x, size_t n, double t, floa
 {
     counting *c = ctx;
     c->calls++;
-    sd_status st = fast_score(c->f, x, n, t, out);
+    sd_status st = fastmix_score(c->f, x, n, t, out);
     if (c->nan_at && c->calls >= c->nan_at) out[0] = NAN;
     return st;
 }
@@ -761,7 +426,7 @@ static sd_status count_score(void *ctx, const float *x, size_t n, double t, floa
 static int64_t count_run(const char *spec, sd_sampler_opts o, size_t n, long *calls,
                          sd_sample_stats *st)
 {
-    mixture mx = ring8();
+    mixture mx = mixture_ring8();
     sd_sde sde;
     ck_assert_int_eq(sd_sde_parse(spec, &sde), SD_OK);
     counting c = {fast_new(&mx, &sde), 0, 0};
@@ -774,7 +439,7 @@ static int64_t count_run(const char *spec, sd_sampler_opts o, size_t n, long *ca
     ck_assert_int_eq(st->nfe, c.calls);
     ck_assert_int_eq(st->points, sc.points);
     *calls = c.calls;
-    fast_free(c.f);
+    fastmix_free(c.f);
     free(x);
     mixture_free(&mx);
     return st->nfe_max;
@@ -855,8 +520,8 @@ START_TEST(test_ode_round_trip)
     double worst = 0;
     char msg[512] = "";
     for (int mi = 0; mi < 2; mi++) {
-        mixture mx = mi == 0 ? ring8() : aniso16();
-        sd_gmm *g = mixture_gmm(&mx);
+        mixture mx = mi == 0 ? mixture_ring8() : mixture_aniso16();
+        sd_gmm *g = gmm_of(&mx);
         float *x0 = malloc(n * mx.D * sizeof(float)), *x = malloc(n * mx.D * sizeof(float));
         sd_rng r;
         sd_rng_init(&r, 8, SD_STREAM_DATA);
@@ -864,9 +529,9 @@ START_TEST(test_ode_round_trip)
         for (int fi = 0; fi < 3; fi++) {
             sd_sde sde;
             ck_assert_int_eq(sd_sde_parse(fams[fi], &sde), SD_OK);
-            fastgmm *f = fast_new(&mx, &sde);
+            fastmix *f = fast_new(&mx, &sde);
             sd_scorer sc;
-            sd_scorer_from_fn(&sc, fast_score, f, &sde, mx.D, 1, 1);
+            sd_scorer_from_fn(&sc, fastmix_score, f, &sde, mx.D, 1, 1);
             sd_sampler_opts o = sd_sampler_defaults(SD_SAMPLER_ODE);
             o.batch = 100;
             memcpy(x, x0, n * mx.D * sizeof(float));
@@ -887,7 +552,7 @@ START_TEST(test_ode_round_trip)
             if (md > 1e-3)
                 snprintf(msg + strlen(msg), sizeof msg - strlen(msg), "[%s %s: %g] ", mx.name,
                          fams[fi], md);
-            fast_free(f);
+            fastmix_free(f);
         }
         free(x0);
         free(x);
@@ -906,17 +571,17 @@ static void sample_with(const mixture *mx, const char *spec, sd_sampler_opts o, 
 {
     sd_sde sde;
     ck_assert_int_eq(sd_sde_parse(spec, &sde), SD_OK);
-    fastgmm *f = fast_new(mx, &sde);
-    f->par_min = 1; /* exercise the split score in the thread-count test */
+    fastmix *f = fast_new(mx, &sde);
+    fastmix_set_par_min(f, 1); /* exercise the split score in the thread-count test */
     sd_scorer sc;
-    sd_scorer_from_fn(&sc, fast_score, f, &sde, mx->D, 1, 1);
+    sd_scorer_from_fn(&sc, fastmix_score, f, &sde, mx->D, 1, 1);
     ck_assert_int_eq(sd_sample(&sc, &o, n, x, NULL), SD_OK);
-    fast_free(f);
+    fastmix_free(f);
 }
 
 START_TEST(test_deterministic)
 {
-    mixture mx = ring8();
+    mixture mx = mixture_ring8();
     size_t n = 60;
     float *a = malloc(n * 2 * sizeof(float)), *b = malloc(n * 2 * sizeof(float));
     /* same seed, different batch sizes: identical for the samplers that do
@@ -948,7 +613,7 @@ START_TEST(test_deterministic)
     /* thread count: 1 vs 2 threads give identical samples, also for the
      * batch-coupled corrector and RK45; large enough (4096 x 16) that the
      * noise and score loops are split */
-    mixture m16 = aniso16();
+    mixture m16 = mixture_aniso16();
     n = 4096;
     a = malloc(n * 16 * sizeof(float));
     b = malloc(n * 16 * sizeof(float));
@@ -1038,9 +703,9 @@ START_TEST(test_inpaint_product)
     for (int k = 0; k < 2; k++) {
         sd_sde sde;
         ck_assert_int_eq(sd_sde_parse(specs[k], &sde), SD_OK);
-        fastgmm *f = fast_new(&mx, &sde);
+        fastmix *f = fast_new(&mx, &sde);
         sd_scorer sc;
-        sd_scorer_from_fn(&sc, fast_score, f, &sde, 2, 1, 1);
+        sd_scorer_from_fn(&sc, fastmix_score, f, &sde, 2, 1, 1);
         sd_sampler_opts o;
         if (k == 0) { /* pc on vp */
             o = sd_sampler_defaults(SD_SAMPLER_PC);
@@ -1081,7 +746,7 @@ START_TEST(test_inpaint_product)
                      "[%s: %d known values changed; at t=%.3f known mean %.4f (want %.4f) sd "
                      "%.4f (want %.4f); P(x1>0) %.4f, E x1 %.4f] ", specs[k], moved, kp.t_seen,
                      kp.mean, 2.0 * a, kp.sd, sg, pos, s1);
-        fast_free(f);
+        fastmix_free(f);
     }
     free(data);
     free(mask);
@@ -1122,9 +787,9 @@ START_TEST(test_colorize)
     size_t n = SD_TEST_ASAN ? 1000 : 3000;
     sd_sde sde;
     ck_assert_int_eq(sd_sde_parse("ve", &sde), SD_OK);
-    fastgmm *f = fast_new(&mx, &sde);
+    fastmix *f = fast_new(&mx, &sde);
     sd_scorer sc;
-    sd_scorer_from_fn(&sc, fast_score, f, &sde, 3, 1, 1);
+    sd_scorer_from_fn(&sc, fastmix_score, f, &sde, 3, 1, 1);
     float *gray = malloc(n * sizeof(float)), *x = malloc(n * 3 * sizeof(float));
     for (size_t i = 0; i < n; i++) gray[i] = 0.62f; /* off the luminance mean on purpose */
     sd_sampler_opts o = sd_sampler_defaults(SD_SAMPLER_PC);
@@ -1145,9 +810,9 @@ START_TEST(test_colorize)
     ck_assert_msg(fabs(frac1 - 0.3) < 4 * sqrt(0.21 / n), "chroma component 1: %.4f", frac1);
     /* only 3-channel models */
     sd_scorer s2;
-    sd_scorer_from_fn(&s2, fast_score, f, &sde, 1, 3, 1);
+    sd_scorer_from_fn(&s2, fastmix_score, f, &sde, 1, 3, 1);
     ck_assert_int_eq(sd_colorize(&s2, &o, gray, 10, x, NULL), SD_ERR_INVALID);
-    fast_free(f);
+    fastmix_free(f);
     free(gray);
     free(x);
     mixture_free(&mx);
@@ -1165,7 +830,7 @@ static sd_status failing_observer(void *ctx, const sd_sample_progress *p)
 
 START_TEST(test_errors)
 {
-    mixture mx = ring8();
+    mixture mx = mixture_ring8();
     sd_sde ve, vp;
     ck_assert_int_eq(sd_sde_parse("ve", &ve), SD_OK);
     ck_assert_int_eq(sd_sde_parse("vp", &vp), SD_OK);
@@ -1230,7 +895,7 @@ START_TEST(test_errors)
     ck_assert(sd_predictor_parse("em", &p) && p == SD_PRED_EULER_MARUYAMA);
     ck_assert(sd_predictor_parse("ancestral", &p) && p == SD_PRED_ANCESTRAL);
     ck_assert(!sd_predictor_parse("heun", &p));
-    fast_free(c.f);
+    fastmix_free(c.f);
     mixture_free(&mx);
 }
 END_TEST

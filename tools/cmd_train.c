@@ -56,7 +56,7 @@ static void usage(FILE *f)
 "  --weighting W          variance or likelihood (default variance)\n"
 "Optimisation (Adam)\n"
 "  --lr X (2e-4)  --warmup N (min(5000, steps/10))  --cosine  --clip X (1; 0 = off)\n"
-"  --ema X (0.999)  --batch B (128 images, 256 points)  --steps N (10000)  --seed S (0)\n"
+"  --ema X (0.999; warmed up as min(X, (1+step)/(10+step)))\n  --batch B (128 images, 256 points)  --steps N (10000)  --seed S (0)\n"
 "Run\n"
 "  --out RUN_DIR          config.json, checkpoint.safetensors and metrics.csv go here\n"
 "  --resume RUN_DIR       continue a run; options fixed for a run may be repeated but\n"

@@ -474,7 +474,7 @@ static int breakdown(int B)
         double t3 = now();
         sd_optimizer_step(tr->opt, p->data, p->grad, tr->cfg.lr);
         double t4 = now();
-        sd_ema_update(tr->ema, p->data, p->total, tr->cfg.ema_decay);
+        sd_ema_update(tr->ema, p->data, p->total, sd_ema_decay_warmup(tr->cfg.ema_decay, tr->step));
         double t5 = now();
         tr->step++;
         (void)norm;
