@@ -151,18 +151,24 @@ static result run_shape(const shape *s, int batch, int threads)
             fprintf(stderr, "bench_conv: %s backward: %s\n", s->what, sd_error_message());
             exit(EXIT_FAILURE);
         }
-        openblas_set_num_threads(threads);
+        if (r >= 0) {
+            tf[r] = t1 - t0;
+            tb[r] = t2 - t1;
+        }
+    }
+    /* The sgemm reference runs in its own loop: OpenBLAS's worker threads
+     * keep spinning for a while after a call (and OpenMP's after a region),
+     * so interleaving the two pools lets each steal the other's cores, which
+     * can make small shapes (conv_in) look slower with 2 threads. */
+    openblas_set_num_threads(threads);
+    for (int r = -1; r < REPS; r++) {
         double t3 = now();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, w, K, colm, N, 0.0f,
                     out, N);
         double t4 = now();
-        openblas_set_num_threads(1);
-        if (r >= 0) {
-            tf[r] = t1 - t0;
-            tb[r] = t2 - t1;
-            tg[r] = t4 - t3;
-        }
+        if (r >= 0) tg[r] = t4 - t3;
     }
+    openblas_set_num_threads(1);
     result res = {median(tf, REPS), median(tb, REPS), median(tg, REPS), 2.0 * M * (double)N * K};
     sd_graph_free(g);
     free(x), free(w), free(b), free(dy), free(dx), free(dw), free(db), free(colm), free(out);
