@@ -133,6 +133,14 @@ sd_status cli_mkdir(const char *path)
     return sd_error(SD_ERR_IO, "%s: cannot create directory: %s", path, strerror(errno));
 }
 
+int cli_check_model_source(const char *cmd, const char *ckpt, const char *gmm, const char *sde)
+{
+    if (!ckpt == !gmm) return cli_fail(cmd, 2, "give either --ckpt or --gmm (with --sde)");
+    if (gmm && !sde) return cli_fail(cmd, 2, "--gmm needs --sde FAMILY");
+    if (ckpt && sde) return cli_fail(cmd, 2, "--sde comes from the checkpoint; drop it or use --gmm");
+    return 0;
+}
+
 sd_status cli_load_model(const char *ckpt, const char *gmm, const char *sde, bool raw,
                          sd_model **m, char *transform, size_t tlen)
 {

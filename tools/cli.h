@@ -88,6 +88,9 @@ double cli_now(void); /* monotonic seconds */
  * analytic mixture (gmm JSON + sde spec). `transform` receives the data
  * transform stored in the checkpoint ("identity" for a gmm). */
 typedef struct sd_model sd_model;
+/* The options naming that model are consistent: exactly one of ckpt and
+ * gmm, --sde with --gmm only. Returns 0, or prints the problem and returns 2. */
+int cli_check_model_source(const char *cmd, const char *ckpt, const char *gmm, const char *sde);
 sd_status cli_load_model(const char *ckpt, const char *gmm, const char *sde, bool raw,
                          sd_model **m, char *transform, size_t tlen);
 

@@ -111,10 +111,7 @@ static int parse(int argc, char **argv, opts *o, bool *help)
         return cli_fail(CMD, 2, "unknown option '%s' (see scorediff loglik --help)", a);
     }
     if (err) return 2;
-    if (!o->ckpt == !o->gmm) return cli_fail(CMD, 2, "give either --ckpt or --gmm (with --sde)");
-    if (o->gmm && !o->sde) return cli_fail(CMD, 2, "--gmm needs --sde FAMILY");
-    if (o->ckpt && o->sde)
-        return cli_fail(CMD, 2, "--sde comes from the checkpoint; drop it or use --gmm");
+    if (cli_check_model_source(CMD, o->ckpt, o->gmm, o->sde)) return 2;
     if (!o->data) return cli_fail(CMD, 2, "--data DIR|FILE.csv is required");
     if (!o->method) return cli_fail(CMD, 2, "--method ode|elbo|iwae is required");
     if (strcmp(o->method, "ode") && strcmp(o->method, "elbo") && strcmp(o->method, "iwae"))

@@ -132,10 +132,7 @@ static int parse(int argc, char **argv, opts *o, bool *help)
         return cli_fail(CMD, 2, "unknown option '%s' (see scorediff sample --help)", a);
     }
     if (err) return 2;
-    if (!o->ckpt == !o->gmm) return cli_fail(CMD, 2, "give either --ckpt or --gmm (with --sde)");
-    if (o->gmm && !o->sde) return cli_fail(CMD, 2, "--gmm needs --sde FAMILY");
-    if (o->ckpt && o->sde)
-        return cli_fail(CMD, 2, "--sde comes from the checkpoint; drop it or use --gmm");
+    if (cli_check_model_source(CMD, o->ckpt, o->gmm, o->sde)) return 2;
     if (!o->sampler) return cli_fail(CMD, 2, "--sampler langevin|pc|ode is required");
     if (o->n < 1) return cli_fail(CMD, 2, "--n N is required");
     if (!o->out == !o->out_dir) return cli_fail(CMD, 2, "give exactly one of --out and --out-dir");
