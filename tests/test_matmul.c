@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "gradcheck.h"
+#include "sd/blas_core.h"
 #include "sd/gemm.h"
 #include "sd/ops.h"
 
@@ -225,6 +226,41 @@ static void expect_fail(sd_tensor *t, const char *op)
                   sd_error_message(), op);
 }
 
+/* The kernel report names the running core; a set OPENBLAS_CORETYPE is
+ * never second-guessed (so the restart never loops), and the restart is a
+ * no-op when SCOREDIFF_BLAS_AUTO=0 (as in this suite's environment). */
+START_TEST(test_blas_core)
+{
+    const char *core = sd_blas_core();
+    ck_assert_ptr_nonnull(core);
+    ck_assert_int_gt((int)strlen(core), 0);
+    char line[256];
+    sd_blas_describe(line, sizeof line);
+    ck_assert_msg(strstr(line, core) != NULL, "'%s' does not name core %s", line, core);
+    ck_assert_msg(strncmp(line, "OpenBLAS", 8) == 0, "'%s'", line);
+    char tiny[4];
+    sd_blas_describe(tiny, sizeof tiny); /* truncates, terminates */
+    ck_assert_int_eq((int)strlen(tiny), 3);
+
+    const char *old = getenv("OPENBLAS_CORETYPE");
+    char *saved = old ? strdup(old) : NULL;
+    ck_assert_int_eq(setenv("OPENBLAS_CORETYPE", core, 1), 0);
+    ck_assert_ptr_null(sd_blas_better_core());
+    sd_blas_describe(line, sizeof line);
+    ck_assert_msg(strstr(line, "OPENBLAS_CORETYPE=") != NULL, "'%s'", line);
+    if (saved) {
+        setenv("OPENBLAS_CORETYPE", saved, 1);
+        free(saved);
+    } else {
+        unsetenv("OPENBLAS_CORETYPE");
+    }
+    /* With SCOREDIFF_BLAS_AUTO=0 it must return (not exec). */
+    ck_assert_int_eq(setenv("SCOREDIFF_BLAS_AUTO", "0", 1), 0);
+    char *argv[] = {(char *)"test_matmul", NULL};
+    sd_blas_restart_if_generic(argv);
+}
+END_TEST
+
 START_TEST(test_errors)
 {
     sd_graph *g = sd_graph_new();
@@ -260,6 +296,7 @@ int main(void)
     tcase_add_test(tc, test_grad_linear);
     tcase_add_test(tc, test_linear_values);
     tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_blas_core);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -10,6 +10,7 @@
  * checkpoint, so it always reaches at least the checkpoint's step).
  */
 #include "train_loop.h"
+#include "sd/blas_core.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -422,6 +423,9 @@ static void describe(const run *R, FILE *f)
                "%s), clip %g, ema %g, %s with %s weighting, seed %" PRIu64 ", threads %d\n",
             o->batch, o->steps, o->lr, o->warmup, o->cosine ? ", cosine decay" : "", o->clip,
             o->ema, objective_name(o), weighting_name(o), o->seed, sd_threads_get());
+    char blas[256];
+    sd_blas_describe(blas, sizeof blas);
+    fprintf(f, "BLAS:       %s\n", blas);
 }
 
 /* ---- run directory ------------------------------------------------------- */

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sd/blas_core.h"
 #include "sd/ops.h"
 
 #define REPS 5
@@ -177,6 +178,8 @@ static result run_shape(const shape *s, int batch, int threads)
 
 int main(int argc, char **argv)
 {
+    /* The kernels the scorediff CLI would run (sd/blas_core.h). */
+    sd_blas_restart_if_generic(argv);
     int arg = 1;
     if (arg < argc && strcmp(argv[arg], "--cpu") == 0) {
         use_cpu_time = true;
@@ -193,6 +196,9 @@ int main(int argc, char **argv)
     if (getloadavg(load, 1) == 1 && load[0] > 1.0)
         printf("note: load average %.1f on %d cores: other jobs share the machine%s\n", load[0],
                omp_get_num_procs(), use_cpu_time ? "" : " (try --cpu)");
+    char blas[256];
+    sd_blas_describe(blas, sizeof blas);
+    printf("BLAS: %s\n", blas);
     printf("sd_conv2d vs one whole-batch cblas_sgemm, batch %d, GFLOP/s (median of %d, %s)\n",
            batch, REPS, use_cpu_time ? "CPU time" : "wall clock");
     printf("%-32s %-20s %3s %3s %7s %7s %7s %6s %6s\n", "shape", "Cin>Cout KxK/s @HW", "n", "thr",

@@ -24,6 +24,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "sd/blas_core.h"
 #include "sampler.h"
 #include "score_model.h"
 #include "sd/rng.h"
@@ -70,6 +71,7 @@ static int fail(const char *what)
 
 int main(int argc, char **argv)
 {
+    sd_blas_restart_if_generic(argv); /* the CLI's kernels (sd/blas_core.h) */
     int B = argc > 1 ? atoi(argv[1]) : 256;
     int threads = argc > 2 ? atoi(argv[2]) : 0;
     if (B < 1) B = 256;

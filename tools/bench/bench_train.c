@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "score_model.h"
+#include "sd/blas_core.h"
 #include "sd/ops.h"
 #include "sd/rng.h"
 #include "trainer.h"
@@ -172,11 +173,11 @@ static int run_one(int B)
     double peak = proc_status_bytes("VmHWM:");
     printf("RESULT impl=scorediff batch=%d img_s=%.2f img_s_min=%.2f img_s_max=%.2f "
            "cpu_ms_img=%.2f peak_rss_mib=%.1f base_rss_mib=%.1f arena_mib=%.1f arena_peak_mib=%.1f params=%zu threads=%d "
-           "loss=%.4g\n",
+           "loss=%.4g blas=%s\n",
            B, ips[nw / 2], ips[0], ips[nw - 1], cpu_ms, peak / MIB, rss0 / MIB,
            arena_total(b.trainer, false) / MIB, arena_total(b.trainer, true) / MIB,
            sd_params_trainable_count(b.model->params), sd_threads_get(),
-           (double)b.trainer->last_loss);
+           (double)b.trainer->last_loss, sd_blas_core());
     bench_close(&b);
     return 0;
 }
@@ -667,6 +668,8 @@ static int run_child(const char *self, int B, char *line, size_t len)
 
 int main(int argc, char **argv)
 {
+    /* Measure the kernels the scorediff CLI would run (sd/blas_core.h). */
+    sd_blas_restart_if_generic(argv);
     sd_threads_init(0);
     if (argc == 3 && strcmp(argv[1], "--run") == 0) return run_one(atoi(argv[2]) > 0 ? atoi(argv[2]) : 64);
     if (argc == 3 && strcmp(argv[1], "--breakdown") == 0)
