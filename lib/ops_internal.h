@@ -11,6 +11,23 @@
 
 #include "sd/tensor.h"
 
+/* SD_VECTOR_CLONES before a function compiles it for AVX-512, AVX2 and the
+ * baseline (SSE2), and picks one at load time from cpuid (GCC/Clang
+ * target_clones, resolved through an ifunc): the build stays portable while
+ * elementwise loops run 16 lanes wide where the CPU has them. Measured on
+ * GroupNorm+SiLU (tools/bench/bench_train): the baseline build is 4 lanes.
+ * Results are deterministic on one machine; across instruction sets the
+ * lane partial sums of reductions differ in rounding. Only for functions
+ * without OpenMP regions inside (the outlined region would not be cloned):
+ * call them from the parallel loop instead. */
+#if defined(__x86_64__) && defined(__ELF__) && !defined(SD_NO_VECTOR_CLONES) && \
+    ((defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8) ||                 \
+     (defined(__clang__) && __clang_major__ >= 14))
+#define SD_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SD_VECTOR_CLONES
+#endif
+
 /* ---- conv2d (ops_conv.c) ---- */
 bool sd__conv2d_check(sd_graph *gr, const sd_tensor *x, const sd_tensor *w, const sd_tensor *b,
                       int stride, int pad);

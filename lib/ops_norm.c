@@ -102,6 +102,7 @@ static norm_stat stat_of(double mean, double var, float eps)
 }
 
 /* Two-pass statistics of xs[0..M). */
+SD_VECTOR_CLONES
 static norm_stat set_stats(const float *xs, size_t M, float eps)
 {
     double s = 0.0;
@@ -198,6 +199,32 @@ static gn_dims gn_dims_of(const sd_tensor *x, int groups, bool layer)
     return d;
 }
 
+/* Set k of gn_forward. Cloned per instruction set (SD_VECTOR_CLONES): this
+ * and gn_backward_set are the elementwise hot loops of a U-Net step. */
+SD_VECTOR_CLONES
+static void gn_forward_set(const gn_dims *d, size_t k, const float *x, const float *gamma,
+                           const float *beta, float eps, bool silu, float *y, norm_stat *stats)
+{
+    const size_t M = d->Cg * d->S;
+    const float *xs = x + k * M;
+    float *ys = y + k * M;
+    const norm_stat st = set_stats(xs, M, eps);
+    if (stats) stats[k] = st;
+    for (size_t j = 0; j < d->Cg; j++) {
+        size_t c = (k % d->G) * d->Cg + j;
+        float sc = norm_scale(st.rstd, gamma, c), sh = norm_shift(beta, c);
+        const float *xc = xs + j * d->S;
+        float *yc = ys + j * d->S;
+        if (silu) {
+#pragma omp simd
+            for (size_t s = 0; s < d->S; s++) yc[s] = silu_f(centre(xc[s], st) * sc + sh);
+        } else {
+#pragma omp simd
+            for (size_t s = 0; s < d->S; s++) yc[s] = centre(xc[s], st) * sc + sh;
+        }
+    }
+}
+
 /* x, y [N, C, S]; gamma, beta [C] or NULL; stats [N*G] or NULL. */
 static void gn_forward(const gn_dims *d, const float *x, const float *gamma, const float *beta,
                        float eps, bool silu, float *y, norm_stat *stats)
@@ -205,25 +232,7 @@ static void gn_forward(const gn_dims *d, const float *x, const float *gamma, con
     const size_t sets = d->N * d->G, M = d->Cg * d->S;
     const bool par = sets * M >= SD_NORM_PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
-    for (size_t k = 0; k < sets; k++) {
-        const float *xs = x + k * M;
-        float *ys = y + k * M;
-        const norm_stat st = set_stats(xs, M, eps);
-        if (stats) stats[k] = st;
-        for (size_t j = 0; j < d->Cg; j++) {
-            size_t c = (k % d->G) * d->Cg + j;
-            float sc = norm_scale(st.rstd, gamma, c), sh = norm_shift(beta, c);
-            const float *xc = xs + j * d->S;
-            float *yc = ys + j * d->S;
-            if (silu) {
-#pragma omp simd
-                for (size_t s = 0; s < d->S; s++) yc[s] = silu_f(centre(xc[s], st) * sc + sh);
-            } else {
-#pragma omp simd
-                for (size_t s = 0; s < d->S; s++) yc[s] = centre(xc[s], st) * sc + sh;
-            }
-        }
-    }
+    for (size_t k = 0; k < sets; k++) gn_forward_set(d, k, x, gamma, beta, eps, silu, y, stats);
 }
 
 /* dz = d out / d z at one element: dy itself, or dy * SiLU'(z) for the fused
@@ -264,51 +273,60 @@ static inline void gn_sweep1_channel(const float *x, const float *dy, float *dz_
     *sum_dz_xh = sg;
 }
 
+/* Set k of gn_backward_sets; dzs: this thread's [M] dz buffer or NULL. */
+SD_VECTOR_CLONES
+static void gn_backward_set(const gn_dims *d, size_t k, const float *x, const float *gamma,
+                            const float *beta, const norm_stat *stats, bool silu,
+                            const float *dy, float *dx, double *part, float *dzs)
+{
+    const size_t M = d->Cg * d->S, C = d->G * d->Cg, S = d->S;
+    const norm_stat st = stats[k];
+    const size_t c0 = (k % d->G) * d->Cg, n = k / d->G;
+    double s1 = 0.0, s2 = 0.0; /* sum dy_hat, sum dy_hat * x_hat */
+    for (size_t j = 0; j < d->Cg; j++) {
+        const size_t c = c0 + j, off = k * M + j * S;
+        const float gm = gamma ? gamma[c] : 1.0f;
+        const float sc = norm_scale(st.rstd, gamma, c), sh = norm_shift(beta, c);
+        double sb, sg;
+        if (!silu)
+            gn_sweep1_channel(x + off, dy + off, NULL, S, st, sc, sh, false, &sb, &sg);
+        else if (dzs)
+            gn_sweep1_channel(x + off, dy + off, dzs + j * S, S, st, sc, sh, true, &sb, &sg);
+        else
+            gn_sweep1_channel(x + off, dy + off, NULL, S, st, sc, sh, true, &sb, &sg);
+        s1 += gm * sb;
+        s2 += gm * sg;
+        if (part) {
+            part[2 * (n * C + c)] = sg;
+            part[2 * (n * C + c) + 1] = sb;
+        }
+    }
+    if (!dx) return;
+    const float a = (float)(s1 / (double)M), b = (float)(s2 / (double)M), r = st.rstd;
+    for (size_t j = 0; j < d->Cg; j++) {
+        const size_t c = c0 + j, off = k * M + j * S;
+        const float gm = gamma ? gamma[c] : 1.0f;
+        const float *dzc = dzs ? dzs + j * S : dy + off;
+        const float *xc = x + off;
+        float *dxc = dx + off;
+#pragma omp simd
+        for (size_t s = 0; s < S; s++) {
+            const float xh = centre(xc[s], st) * r;
+            dxc[s] += r * (gm * dzc[s] - a - xh * b);
+        }
+    }
+}
+
 static void gn_backward_sets(const gn_dims *d, const float *x, const float *gamma,
                              const float *beta, const norm_stat *stats, bool silu,
                              const float *dy, float *dx, double *part, float *dzbuf)
 {
-    const size_t sets = d->N * d->G, M = d->Cg * d->S, C = d->G * d->Cg, S = d->S;
+    const size_t sets = d->N * d->G, M = d->Cg * d->S;
     const bool par = sets * M >= SD_NORM_PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
-    for (size_t k = 0; k < sets; k++) {
-        const norm_stat st = stats[k];
-        const size_t c0 = (k % d->G) * d->Cg, n = k / d->G;
-        float *dzs = dzbuf ? dzbuf + (size_t)omp_get_thread_num() * M : NULL;
-        double s1 = 0.0, s2 = 0.0; /* sum dy_hat, sum dy_hat * x_hat */
-        for (size_t j = 0; j < d->Cg; j++) {
-            const size_t c = c0 + j, off = k * M + j * S;
-            const float gm = gamma ? gamma[c] : 1.0f;
-            const float sc = norm_scale(st.rstd, gamma, c), sh = norm_shift(beta, c);
-            double sb, sg;
-            if (!silu)
-                gn_sweep1_channel(x + off, dy + off, NULL, S, st, sc, sh, false, &sb, &sg);
-            else if (dzs)
-                gn_sweep1_channel(x + off, dy + off, dzs + j * S, S, st, sc, sh, true, &sb, &sg);
-            else
-                gn_sweep1_channel(x + off, dy + off, NULL, S, st, sc, sh, true, &sb, &sg);
-            s1 += gm * sb;
-            s2 += gm * sg;
-            if (part) {
-                part[2 * (n * C + c)] = sg;
-                part[2 * (n * C + c) + 1] = sb;
-            }
-        }
-        if (!dx) continue;
-        const float a = (float)(s1 / (double)M), b = (float)(s2 / (double)M), r = st.rstd;
-        for (size_t j = 0; j < d->Cg; j++) {
-            const size_t c = c0 + j, off = k * M + j * S;
-            const float gm = gamma ? gamma[c] : 1.0f;
-            const float *dzc = dzs ? dzs + j * S : dy + off;
-            const float *xc = x + off;
-            float *dxc = dx + off;
-#pragma omp simd
-            for (size_t s = 0; s < S; s++) {
-                const float xh = centre(xc[s], st) * r;
-                dxc[s] += r * (gm * dzc[s] - a - xh * b);
-            }
-        }
-    }
+    for (size_t k = 0; k < sets; k++)
+        gn_backward_set(d, k, x, gamma, beta, stats, silu, dy, dx, part,
+                        dzbuf ? dzbuf + (size_t)omp_get_thread_num() * M : NULL);
 }
 
 /* dgamma[c] += sum dz * x_hat, dbeta[c] += sum dz over n and s, from
