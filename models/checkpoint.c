@@ -17,6 +17,15 @@
 enum { SECTION_MODEL, SECTION_EMA, SECTION_M, SECTION_V, N_SECTIONS };
 static const char *section_prefix[N_SECTIONS] = {"model.", "ema.", "opt.m.", "opt.v."};
 
+/* How the network's output becomes the score (score_model.c): "sigma"
+ * (output / sigma) or, for a U-Net under the dct family, "dct-tweedie".
+ * dct checkpoints written before that parameterisation lack the key and
+ * are refused on load rather than silently mis-read. */
+static const char *score_param(const sd_model *m)
+{
+    return m->kind == SD_MODEL_UNET && m->sde.kind == SD_SDE_DCT ? "dct-tweedie" : "sigma";
+}
+
 sd_status sd_checkpoint_save(const char *path, const sd_model *m, const sd_trainer *t,
                              const sd_ckpt_meta *meta)
 {
@@ -70,13 +79,15 @@ sd_status sd_checkpoint_save(const char *path, const sd_model *m, const sd_train
     char cov[SD_SDE_DENSE_MAX * SD_SDE_DENSE_MAX * 26 + 64];
     bool dense = m->sde.kind == SD_SDE_DENSE;
     if (dense && (st = sd_sde_cov_json(&m->sde, cov, sizeof cov)) != SD_OK) goto done;
+    /* sde_cov must stay last (dropped unless dense). */
     const char *keys[] = {"format", "version", "model_config", "sde", "data_shape",
                           "data_transform", "step", "seed", "batch", "optimizer", "train",
-                          "sde_cov"};
+                          "score_param", "sde_cov"};
     const char *vals[] = {CKPT_FORMAT, CKPT_VERSION, config, sde, shape,
                           meta && meta->data_transform[0] ? meta->data_transform : "identity",
                           step, seed, batch, optim,
-                          meta && meta->train_json[0] ? meta->train_json : "{}", cov};
+                          meta && meta->train_json[0] ? meta->train_json : "{}",
+                          score_param(m), cov};
     size_t n_keys = sizeof keys / sizeof *keys - (dense ? 0 : 1);
     st = sd_safetensors_write(path, e, n, keys, vals, n_keys);
 done:
@@ -170,6 +181,16 @@ sd_status sd_checkpoint_load_model(const char *path, bool use_ema, sd_model **ou
         char msg[512];
         snprintf(msg, sizeof msg, "%s", sd_error_message());
         st = sd_error(SD_ERR_FORMAT, "%s: %s", path, msg);
+        goto fail;
+    }
+    const char *param = sd_safetensors_meta(f, "score_param");
+    if (strcmp(param ? param : "sigma", score_param(m)) != 0) {
+        st = sd_error(SD_ERR_FORMAT,
+                      "%s: score parameterisation '%s' does not match this version's '%s' for "
+                      "a %s model under %s (a dct checkpoint from before the Tweedie form: "
+                      "retrain it)",
+                      path, param ? param : "sigma", score_param(m),
+                      m->kind == SD_MODEL_UNET ? "unet" : "non-unet", sd_sde_name(&m->sde));
         goto fail;
     }
     size_t n = sd_safetensors_count(f);
