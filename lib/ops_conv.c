@@ -186,6 +186,7 @@ static conv_tap tap_init(const conv_geom *g, int ki, int kj)
  * (border rows, and cells past the input edge when s does not divide H, W). */
 static size_t ph_plane(const conv_geom *g) { return (size_t)g->Rp * (size_t)g->Wp; }
 
+SD_VECTOR_CLONES
 static void to_phases(const conv_geom *g, const float *x, float *ph)
 {
     const int s = g->s;
