@@ -65,6 +65,13 @@
 #ifndef SD_CONV_MIN_COLS_1X1
 #define SD_CONV_MIN_COLS_1X1 128
 #endif
+/* dx as a transposed convolution when SD_CONV_TR_RATIO * Cin >= Cout, else
+ * w^T dy + col2im. The transposed GEMM's output has Cin rows: at Cout = 2 Cin
+ * (unet-28's 32->64 @14) that was the thinner GEMM, and w^T dy measured 18%
+ * faster over the whole backward (bench_conv shape RB(32,64) conv1). */
+#ifndef SD_CONV_TR_RATIO
+#define SD_CONV_TR_RATIO 1
+#endif
 /* Fixed number of dw partial sums (see the file comment). */
 #define SD_CONV_SLOTS 8
 /* Parallelise only above this many multiply-adds (fork/join ~ a few us). */
@@ -656,13 +663,32 @@ static void slot_chunks(const conv_geom *g, int slot, int slots, int *c0, int *c
     *c1 = (int)((long)g->chunks * (slot + 1) / slots);
 }
 
+/* sum of d[0..n) for db: float partial sums in vector lanes over blocks of
+ * at most 1024 elements (each lane adds <= 1024/lanes terms, relative error
+ * ~1e-6), the blocks added in double. A double accumulator per element did
+ * not vectorise and took 13% of a 1x1 convolution's backward. The lane
+ * order is fixed at compile time, so the sum is deterministic. */
+SD_VECTOR_CLONES
+static double row_sum(const float *d, size_t n)
+{
+    double total = 0.0;
+    for (size_t b0 = 0; b0 < n; b0 += 1024) {
+        size_t b1 = n - b0 < 1024 ? n : b0 + 1024;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (size_t q = b0; q < b1; q++) s += d[q];
+        total += s;
+    }
+    return total;
+}
+
 /* Forward expression being differentiated, per image n:
  *     y_n[Cout,HoWo] = w[Cout,CKK] col_n[CKK,HoWo] + b[Cout]
  * Given dy_n = dL/dy_n:
  *     db     += sum_{n, pixel} dy_n
  *     dw     += sum_n dy_n col_n^T                 ([Cout,HoWo] x [HoWo,CKK])
  *     dcol_n  = w^T dy_n,  dx_n += col2im(dcol_n)   ([CKK,Cout] x [Cout,HoWo])
- * where the last line is evaluated, on planar geometry with Cin >= Cout/2,
+ * where the last line is evaluated, on planar geometry with Cin >= Cout,
  * as the equivalent transposed convolution (dx_transposed: per phase plane
  * [Cin, Cout*nt_P] x [Cout*nt_P, Hp*Wp]). A chunk of cnt images is handled
  * as one GEMM with HoWo -> cnt*HoWo. */
@@ -681,10 +707,9 @@ static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
 #pragma omp parallel for schedule(static) if (n_el >= 32768)
         for (int co = 0; co < g.Cout; co++) {
             double acc = 0.0;
-            for (int n = 0; n < g.N; n++) {
-                const float *d = dy + (size_t)n * img_y + (size_t)co * (size_t)g.HoWo;
-                for (int q = 0; q < g.HoWo; q++) acc += d[q];
-            }
+            for (int n = 0; n < g.N; n++)
+                acc += row_sum(dy + (size_t)n * img_y + (size_t)co * (size_t)g.HoWo,
+                               (size_t)g.HoWo);
             db[co] += (float)acc;
         }
     }
@@ -695,7 +720,7 @@ static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
     double macs = (double)g.N * g.Cout * g.HoWo * g.CKK * (need_dx + need_dw);
     int nt = conv_threads(macs, slots);
     /* dx: transposed convolution on planar geometry, else w^T dy + col2im. */
-    bool tr = need_dx && g.planar && !g.direct && 2 * g.Cin >= g.Cout;
+    bool tr = need_dx && g.planar && !g.direct && SD_CONV_TR_RATIO * g.Cin >= g.Cout;
     size_t sz[SC_N], per_thread = scratch_sizes(&g, need_dw || !tr, tr, sz);
     size_t dw_n = need_dw ? (size_t)g.Cout * (size_t)g.CKK : 0;
     size_t wt_n = tr ? (size_t)g.Cout * (size_t)g.CKK : 0;
