@@ -694,6 +694,9 @@ static int train(run *R, sd_train_result *res)
     fprintf(stderr, "scorediff train: %s, %zu parameters, %s, batch %" PRId64 ", steps %" PRId64
                     "..%" PRId64 " -> %s\n", o->model, sd_params_trainable_count(R->m->params),
             o->sde, B, step0 + 1, o->steps, o->out);
+    char blas[256];
+    sd_blas_describe(blas, sizeof blas);
+    fprintf(stderr, "scorediff train: %d threads, %s\n", sd_threads_get(), blas);
 
     const bool sampling = h->sample && o->sample_every > 0 && R->ds.kind == SD_DATA_IMAGES;
     if (o->sample_every > 0 && !sampling)
