@@ -37,6 +37,7 @@
  * price: a batch that is a single chunk (one 28x28 image, a few at 7x7) runs
  * on one core; batches are what feed the cores.
  */
+#include "conv_igemm.h"
 #include "ops_internal.h"
 #include "sd/gemm.h"
 #include "sd/ops.h"
@@ -258,6 +259,55 @@ static void from_phases_add(const conv_geom *g, const float *dph, float *dx)
                 for (int j = 0, ix = rx; ix < g->W; j++, ix += s) xr[ix] += d[j];
             }
         }
+}
+
+/* Tight phase planes for the implicit GEMM: ph [Cin, s*s, Hp*Wp] with
+ * ph[c, ry*s+rx, i*Wp+j] = x_n[c, i*s+ry, j*s+rx]. No border rows and no
+ * zeroing: the tap rectangles never read a cell past the image edge. */
+static void to_phases_tight(const conv_geom *g, const float *x, float *ph)
+{
+    const int s = g->s, W = g->W;
+    const size_t HpWp = (size_t)g->Hp * (size_t)g->Wp;
+    for (int c = 0; c < g->Cin; c++) {
+        float *pc = ph + (size_t)c * (size_t)(s * s) * HpWp;
+        const float *xc = x + (size_t)c * (size_t)g->HW;
+        for (int iy = 0; iy < g->H; iy++) {
+            const float *xr = xc + (size_t)iy * (size_t)W;
+            float *base = pc + (size_t)(iy % s) * (size_t)s * HpWp + (size_t)(iy / s) * (size_t)g->Wp;
+            if (s == 2) {
+                sd__split2(xr, W, base, base + HpWp);
+                continue;
+            }
+            for (int rx = 0; rx < s; rx++) {
+                float *d = base + (size_t)rx * HpWp;
+                for (int j = 0, ix = rx; ix < W; j++, ix += s) d[j] = xr[ix];
+            }
+        }
+    }
+}
+
+/* dx_n [Cin,H,W] += the phase planes dph [Cin, s*s, Hp*Wp] (no border rows),
+ * interleaved back: dx_n[c, i*s+ry, j*s+rx] += dph[c, ry*s+rx, i*Wp+j]. */
+static void phases_add(const conv_geom *g, const float *dph, float *dx)
+{
+    const int s = g->s, W = g->W;
+    const size_t HpWp = (size_t)g->Hp * (size_t)g->Wp;
+    for (int c = 0; c < g->Cin; c++) {
+        const float *pc = dph + (size_t)c * (size_t)(s * s) * HpWp;
+        float *xc = dx + (size_t)c * (size_t)g->HW;
+        for (int iy = 0; iy < g->H; iy++) {
+            float *xr = xc + (size_t)iy * (size_t)W;
+            const float *base = pc + (size_t)(iy % s) * (size_t)s * HpWp + (size_t)(iy / s) * (size_t)g->Wp;
+            if (s == 2) {
+                sd__merge2_add(xr, W, base, base + HpWp);
+                continue;
+            }
+            for (int rx = 0; rx < s; rx++) {
+                const float *d = base + (size_t)rx * HpWp;
+                for (int j = 0, ix = rx; ix < W; j++, ix += s) xr[ix] += d[j];
+            }
+        }
+    }
 }
 
 /* Zero the padding columns (ox < ox0 or ox >= ox1) of every row of r
@@ -682,6 +732,213 @@ static double row_sum(const float *d, size_t n)
     return total;
 }
 
+/* ---- implicit GEMM (conv_igemm.c) -----------------------------------------
+ * On planar geometry every GEMM of a convolution has B rows that are shifted,
+ * rectangle-masked copies of planes, which is what sd__igemm_run packs
+ * directly (no column matrix, no second copy inside the BLAS):
+ *   forward:  rows (c, ki, kj) of x (stride 1) or of its phase planes,
+ *             reading plane index q + shift over the Ho x Wo outputs;
+ *   dx:       the transposed convolution above, one product per phase plane
+ *             P with rows (co, t in P) of dy reading q - shift_t, its
+ *             [Cin, Hp*Wp] result added into dx through the phase's pixels.
+ * dw keeps im2col + sgemm (its inner dimension is the pixels). */
+#ifndef SD_CONV_IGEMM
+#define SD_CONV_IGEMM 1
+#endif
+
+/* The 1x1 stride-1 convolutions keep sgemm on x itself (no im2col there):
+ * measured faster than packing through the kernel (bench_conv "skip"). */
+static bool igemm_ok(const conv_geom *g, int M)
+{
+    return SD_CONV_IGEMM && g->planar && !g->direct && sd__igemm_fits(M) &&
+           sd__igemm_available();
+}
+
+/* Row descriptors of one implicit product: offsets, taps, tap rectangles. */
+typedef struct ig_rows {
+    ptrdiff_t *off;
+    int *tap;
+    int (*rect)[4];
+} ig_rows;
+
+static size_t ig_rows_floats(int K, int ntaps)
+{
+    size_t bytes = (size_t)K * (sizeof(ptrdiff_t) + sizeof(int)) + (size_t)ntaps * 4 * sizeof(int);
+    return (bytes / sizeof(float) + 31) & ~(size_t)15;
+}
+
+static ig_rows ig_rows_at(float *mem, int K)
+{
+    ig_rows r;
+    r.off = (ptrdiff_t *)(void *)mem;
+    r.tap = (int *)(void *)(r.off + K);
+    r.rect = (int(*)[4])(void *)(r.tap + K + (K & 1));
+    return r;
+}
+
+/* B of the forward product: rows (c, ki, kj) of x (stride 1) or of its
+ * tight phase planes ph (to_phases_tight), over the Ho x Wo outputs. */
+static void forward_rows(const conv_geom *g, ig_rows r)
+{
+    const int K = g->K;
+    const size_t HpWp = (size_t)g->Hp * (size_t)g->Wp;
+    for (int ki = 0; ki < K; ki++)
+        for (int kj = 0; kj < K; kj++) {
+            conv_tap t = tap_init(g, ki, kj);
+            int tap = ki * K + kj;
+            r.rect[tap][0] = t.oy0, r.rect[tap][1] = t.oy1;
+            r.rect[tap][2] = t.ox0, r.rect[tap][3] = t.ox1;
+            for (int c = 0; c < g->Cin; c++) {
+                int k = (c * K + ki) * K + kj;
+                r.tap[k] = tap;
+                r.off[k] = g->s > 1 ? (ptrdiff_t)(((size_t)c * (size_t)(g->s * g->s) +
+                                                  (size_t)t.plane) * HpWp) + t.shift
+                                    : (ptrdiff_t)c * g->HW + t.shift;
+            }
+        }
+}
+
+/* Fills b (and, for stride > 1, the phase planes of every image in ph,
+ * ph_floats(g) floats) for the forward product's B. */
+static size_t ph_floats(const conv_geom *g)
+{
+    return g->s > 1 ? (size_t)g->N * (size_t)g->Cin * (size_t)(g->s * g->s) * (size_t)g->Hp *
+                          (size_t)g->Wp
+                    : 0;
+}
+
+static sd_igemm_b forward_b(const conv_geom *g, const float *x, ig_rows r, float *ph, int nt)
+{
+    sd_igemm_b b = {.K = g->CKK, .grid_h = g->Ho, .grid_w = g->Wo, .n_img = g->N,
+                    .ntaps = g->K * g->K, .row_off = r.off, .row_tap = r.tap,
+                    .rect = (const int(*)[4])r.rect};
+    forward_rows(g, r);
+    if (g->s > 1) {
+        size_t img = (size_t)g->Cin * (size_t)g->HW, ph_img = ph_floats(g) / (size_t)g->N;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int n = 0; n < g->N; n++)
+            to_phases_tight(g, x + (size_t)n * img, ph + (size_t)n * ph_img);
+        b.src = ph, b.src_img = ph_img;
+    } else {
+        b.src = x, b.src_img = (size_t)g->Cin * (size_t)g->HW;
+    }
+    return b;
+}
+
+static int igemm_threads(const conv_geom *g)
+{
+    return conv_threads((double)g->N * g->Cout * g->HoWo * g->CKK, 1 << 20);
+}
+
+static sd_status conv_igemm_forward(sd_graph *gr, const conv_geom *g, const float *x,
+                                    const float *w, const float *bias, float *y)
+{
+    int nt = igemm_threads(g);
+    sd_igemm p = {.b = {.K = g->CKK, .grid_h = g->Ho, .grid_w = g->Wo, .n_img = g->N,
+                        .ntaps = g->K * g->K},
+                  .M = g->Cout, .A = w, .lda = g->CKK, .out = y,
+                  .out_img = (size_t)g->Cout * (size_t)g->HoWo, .out_ch = (size_t)g->HoWo,
+                  .bias = bias, .accumulate = false};
+    size_t rows_n = ig_rows_floats(g->CKK, g->K * g->K), ph_n = ph_floats(g);
+    float *mem = sd_graph_alloc_floats(gr, rows_n + ph_n + sd__igemm_scratch_floats(&p, nt));
+    if (!mem) return sd_error(SD_ERR_NOMEM, "conv2d: out of memory for scratch");
+    p.b = forward_b(g, x, ig_rows_at(mem, g->CKK), mem + rows_n, nt);
+    sd__igemm_run(&p, mem + rows_n + ph_n, nt);
+    return SD_OK;
+}
+
+/* dw += dy B^T with the forward's B (recomputing the phase planes). */
+static sd_status conv_igemm_dw(sd_graph *gr, const conv_geom *g, const float *x, const float *dy,
+                               float *dw)
+{
+    int nt = igemm_threads(g);
+    sd_igemm_dw p = {.b = {.K = g->CKK, .grid_h = g->Ho, .grid_w = g->Wo, .n_img = g->N,
+                           .ntaps = g->K * g->K},
+                     .M = g->Cout, .dy = dy, .dy_img = (size_t)g->Cout * (size_t)g->HoWo,
+                     .dy_ch = (size_t)g->HoWo, .dw = dw};
+    size_t rows_n = ig_rows_floats(g->CKK, g->K * g->K), ph_n = ph_floats(g);
+    float *mem = sd_graph_alloc_floats(gr, rows_n + ph_n + sd__igemm_dw_scratch_floats(&p, nt));
+    if (!mem) return sd_error(SD_ERR_NOMEM, "conv2d backward: out of memory for scratch");
+    p.b = forward_b(g, x, ig_rows_at(mem, g->CKK), mem + rows_n, nt);
+    sd__igemm_dw_run(&p, mem + rows_n + ph_n, nt);
+    return SD_OK;
+}
+
+/* dx += the transposed convolution of dy (see dx_transposed), by phase.
+ * Stride 1: the product adds straight into dx. Stride s > 1: each phase's
+ * product is written, contiguously, into its plane of dph [N, Cin, s*s,
+ * Hp*Wp], and one pass interleaves the planes into dx. (Adding each phase
+ * into dx through its pixel map was a scalar, strided read-modify-write
+ * over all of dx per phase: a third of the whole stride-2 backward.) */
+static sd_status conv_igemm_dx(sd_graph *gr, const conv_geom *g, const float *dy, const float *w,
+                               float *dx)
+{
+    const int K = g->K, s = g->s, ss = s * s;
+    const size_t HpWp = (size_t)g->Hp * (size_t)g->Wp;
+    int max_nt = 0;
+    for (int P = 0; P < ss; P++)
+        if (phase_taps(g, P) > max_nt) max_nt = phase_taps(g, P);
+    sd_igemm p = {.b = {.K = g->Cout * max_nt, .grid_h = g->Hp, .grid_w = g->Wp, .n_img = g->N,
+                        .ntaps = max_nt, .src = dy,
+                        .src_img = (size_t)g->Cout * (size_t)g->HoWo},
+                  .M = g->Cin, .out = dx, .out_img = (size_t)g->Cin * (size_t)g->HW,
+                  .out_ch = (size_t)g->HW, .accumulate = true};
+    if (s > 1) {
+        p.out_ch = (size_t)ss * HpWp;
+        p.out_img = (size_t)g->Cin * p.out_ch;
+        p.accumulate = false;
+    }
+    int nt = igemm_threads(g);
+    size_t wt_n = ((size_t)g->Cout * (size_t)g->CKK + 15) & ~(size_t)15;
+    size_t rows_n = ig_rows_floats(p.b.K, max_nt), dph_n = s > 1 ? (size_t)g->N * p.out_img : 0;
+    float *mem = sd_graph_alloc_floats(gr, wt_n + rows_n + dph_n + sd__igemm_scratch_floats(&p, nt));
+    if (!mem) return sd_error(SD_ERR_NOMEM, "conv2d backward: out of memory for scratch");
+    float *wt = mem, *dph = mem + wt_n + rows_n, *scratch = dph + dph_n;
+    build_wt(g, w, wt);
+    ig_rows r = ig_rows_at(mem + wt_n, p.b.K);
+    const float *wt_p = wt;
+    for (int P = 0; P < ss; P++) {
+        int ntp = phase_taps(g, P), t = 0;
+        if (ntp == 0) {
+            if (s > 1) /* no tap lands on this phase: its plane gets nothing */
+                for (int n = 0; n < g->N; n++)
+                    for (int ci = 0; ci < g->Cin; ci++)
+                        memset(dph + (size_t)n * p.out_img + (size_t)ci * p.out_ch + P * HpWp, 0,
+                               HpWp * sizeof(float));
+            continue;
+        }
+        for (int ki = 0; ki < K; ki++)
+            for (int kj = 0; kj < K; kj++) {
+                if (tap_init(g, ki, kj).plane != P) continue;
+                /* Phase pixel (i, j) reads dy (i - dyt, j - dxt). */
+                int dyt = floor_div(ki - g->p, s), dxt = floor_div(kj - g->p, s);
+                int y0 = dyt > 0 ? dyt : 0, y1 = g->Ho + dyt < g->Hp ? g->Ho + dyt : g->Hp;
+                int x0 = dxt > 0 ? dxt : 0, x1 = g->Wo + dxt < g->Wp ? g->Wo + dxt : g->Wp;
+                if (y1 < y0) y1 = y0;
+                if (x1 < x0) x1 = x0;
+                r.rect[t][0] = y0, r.rect[t][1] = y1, r.rect[t][2] = x0, r.rect[t][3] = x1;
+                for (int co = 0; co < g->Cout; co++) {
+                    r.tap[co * ntp + t] = t;
+                    r.off[co * ntp + t] =
+                        (ptrdiff_t)co * g->HoWo - ((ptrdiff_t)dyt * g->Wo + dxt);
+                }
+                t++;
+            }
+        p.b.K = g->Cout * ntp, p.A = wt_p, p.lda = p.b.K, p.b.ntaps = ntp;
+        p.b.row_off = r.off, p.b.row_tap = r.tap, p.b.rect = (const int(*)[4])r.rect;
+        if (s > 1) p.out = dph + (size_t)P * HpWp;
+        sd__igemm_run(&p, scratch, nt);
+        wt_p += (size_t)g->Cin * (size_t)p.b.K;
+    }
+    if (s > 1) {
+        size_t img_x = (size_t)g->Cin * (size_t)g->HW;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int n = 0; n < g->N; n++)
+            phases_add(g, dph + (size_t)n * p.out_img, dx + (size_t)n * img_x);
+    }
+    return SD_OK;
+}
+
 /* Forward expression being differentiated, per image n:
  *     y_n[Cout,HoWo] = w[Cout,CKK] col_n[CKK,HoWo] + b[Cout]
  * Given dy_n = dL/dy_n:
@@ -716,6 +973,21 @@ static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
     bool need_dx = x->grad != NULL, need_dw = w->grad != NULL;
     if (!need_dx && !need_dw) return SD_OK;
 
+    if (need_dx && igemm_ok(&g, g.Cin)) {
+        sd_arena_mark mark = sd__arena_mark(gr);
+        sd_status st = conv_igemm_dx(gr, &g, dy, w->data, x->grad);
+        sd__arena_rewind(gr, mark);
+        if (st != SD_OK) return st;
+        need_dx = false;
+    }
+    if (need_dw && igemm_ok(&g, g.Cout) && sd__igemm_dw_fits(g.Cout)) {
+        sd_arena_mark mark = sd__arena_mark(gr);
+        sd_status st = conv_igemm_dw(gr, &g, x->data, dy, w->grad);
+        sd__arena_rewind(gr, mark);
+        if (st != SD_OK) return st;
+        need_dw = false;
+    }
+    if (!need_dx && !need_dw) return SD_OK;
     int slots = g.chunks < SD_CONV_SLOTS ? g.chunks : SD_CONV_SLOTS;
     double macs = (double)g.N * g.Cout * g.HoWo * g.CKK * (need_dx + need_dw);
     int nt = conv_threads(macs, slots);
@@ -840,6 +1112,12 @@ sd_status sd__conv2d_forward_into(sd_graph *gr, const sd_tensor *x, const sd_ten
 {
     conv_geom g;
     geom_init(&g, x, w, stride, pad);
+    if (igemm_ok(&g, g.Cout)) {
+        sd_arena_mark mark = sd__arena_mark(gr);
+        sd_status st = conv_igemm_forward(gr, &g, x->data, w->data, b ? b->data : NULL, y_out);
+        sd__arena_rewind(gr, mark);
+        return st;
+    }
     size_t img_y = (size_t)g.Cout * (size_t)g.HoWo;
     size_t sz[SC_N], per_thread = scratch_sizes(&g, !(g.direct && g.nb == 1), false, sz);
     int nt = conv_threads((double)g.N * g.Cout * g.HoWo * g.CKK, g.chunks);

@@ -3,7 +3,10 @@
  * Shapes are chosen to reach every code path of the im2col kernel: one image
  * per GEMM (Ho*Wo >= 256), several images per GEMM (small outputs, including
  * a short last chunk), the 1x1 direct path (no im2col) and its gathered
- * variant, stride 2 with padding on odd sizes, 5x5 kernels, Cin = 1.
+ * variant, stride 2 with padding on odd sizes, 5x5 kernels, Cin = 1; and
+ * the implicit-GEMM kernel (lib/conv_igemm.c, channel counts that are
+ * multiples of 8), forward and backward against a double reference with
+ * the kernel on and off.
  */
 #include <check.h>
 #include <math.h>
@@ -172,6 +175,34 @@ static const conv_case forward_cases[] = {
     {2, 3, 4, 9, 10, 5, 2, 2, true},    {2, 3, 4, 8, 8, 2, 2, 0, true},
 };
 
+/* dx, dw, db of the convolution for cotangent dy, naively in double. */
+static void naive_conv_backward(const conv_case *c, const float *x, const float *w,
+                                const float *dy, double *dx, double *dw, double *db, int Ho,
+                                int Wo)
+{
+    memset(dx, 0, (size_t)c->N * c->Cin * c->H * c->W * sizeof *dx);
+    memset(dw, 0, (size_t)c->Cout * c->Cin * c->K * c->K * sizeof *dw);
+    memset(db, 0, (size_t)c->Cout * sizeof *db);
+    for (int n = 0; n < c->N; n++)
+        for (int co = 0; co < c->Cout; co++)
+            for (int oy = 0; oy < Ho; oy++)
+                for (int ox = 0; ox < Wo; ox++) {
+                    double g = dy[((n * c->Cout + co) * Ho + oy) * Wo + ox];
+                    db[co] += g;
+                    for (int ci = 0; ci < c->Cin; ci++)
+                        for (int ki = 0; ki < c->K; ki++)
+                            for (int kj = 0; kj < c->K; kj++) {
+                                int iy = oy * c->stride - c->pad + ki;
+                                int ix = ox * c->stride - c->pad + kj;
+                                if (iy < 0 || iy >= c->H || ix < 0 || ix >= c->W) continue;
+                                size_t xi = ((size_t)(n * c->Cin + ci) * c->H + iy) * c->W + ix;
+                                size_t wi = ((size_t)(co * c->Cin + ci) * c->K + ki) * c->K + kj;
+                                dx[xi] += g * w[wi];
+                                dw[wi] += g * x[xi];
+                            }
+                }
+}
+
 /* ---- fused GroupNorm + SiLU + conv2d (ops_fused.c) ------------------------ */
 
 typedef struct fused_case {
@@ -281,6 +312,95 @@ START_TEST(test_forward_reference)
                       "case %d elem %zu: %g vs %g", _i, i, (double)y->data[i], ref[i]);
     sd_graph_free(g);
     free(x), free(w), free(b), free(ref);
+}
+END_TEST
+
+/* ---- the implicit-GEMM kernel against the reference, on and off ---------- */
+
+/* lib/conv_igemm.h (internal): the kernel runs where the CPU has AVX-512F. */
+bool sd__igemm_available(void);
+void sd__igemm_enable(bool on);
+
+/* Channel counts that are multiples of 8, so that the kernel takes them:
+ * every planar geometry it handles, strips crossing image boundaries (tiny
+ * planes), 1-pixel planes, and several column blocks per call. */
+static const conv_case kernel_cases[] = {
+    {3, 8, 16, 7, 9, 3, 1, 1, true},   /* stride 1, odd sizes */
+    {2, 16, 8, 5, 5, 1, 1, 0, true},   /* 1x1 */
+    {2, 8, 8, 9, 7, 5, 1, 2, true},    /* 5x5 pad 2 */
+    {3, 8, 16, 14, 14, 3, 2, 1, true}, /* stride 2 (Down) */
+    {3, 16, 8, 9, 11, 3, 2, 1, true},  /* stride 2, odd sizes */
+    {2, 8, 8, 9, 7, 5, 2, 2, true},    /* 5x5 stride 2 */
+    {2, 8, 8, 10, 11, 3, 3, 1, true},  /* stride 3 */
+    {2, 8, 8, 8, 8, 2, 2, 0, true},    /* 2x2 stride 2: one tap per phase */
+    {20, 8, 16, 3, 3, 3, 1, 1, true},  /* 9-pixel planes: strips span images */
+    {4, 8, 8, 1, 1, 1, 1, 0, true},    /* 1-pixel planes */
+    {5, 24, 32, 28, 28, 3, 1, 1, false}, /* unet-28 sized: several blocks */
+    /* dw kernel: Cout 48 and 64 (3 and 4 vectors), 80 (64 + 16), and
+     * Cin*K*K = 27 (not a multiple of the 24-row unit; dx by the BLAS path) */
+    {2, 8, 64, 7, 7, 3, 1, 1, true},
+    {2, 8, 48, 6, 6, 3, 2, 1, true},
+    {2, 16, 80, 5, 5, 3, 1, 1, true},
+    {3, 3, 16, 9, 9, 3, 1, 1, true},
+    {2, 3, 64, 8, 8, 3, 2, 1, true},
+};
+
+/* Forward and backward of case c with the kernel on or off, against the
+ * double reference. Tolerance: float32 sums of at most Cin*K*K (forward,
+ * dx) or N*Ho*Wo (dw, db) products of values in [-1, 1]; rounding error of
+ * such a sum is well under 1e-6 relative per term for these sizes, so
+ * 1e-4 * (|ref| + 1) only fails on a wrong term, never on rounding. */
+static void kernel_case(const conv_case *c, bool kernel_on, int index)
+{
+    unsigned seed = 31u + (unsigned)index;
+    int Ho = (c->H + 2 * c->pad - c->K) / c->stride + 1,
+        Wo = (c->W + 2 * c->pad - c->K) / c->stride + 1;
+    size_t nx = (size_t)c->N * c->Cin * c->H * c->W, nw = (size_t)c->Cout * c->Cin * c->K * c->K;
+    size_t ny = (size_t)c->N * c->Cout * Ho * Wo;
+    float *x = malloc(nx * sizeof *x), *w = malloc(nw * sizeof *w), *b = malloc(c->Cout * sizeof *b);
+    float *dy = malloc(ny * sizeof *dy), *dx = calloc(nx, sizeof *dx), *dw = calloc(nw, sizeof *dw),
+          *db = calloc((size_t)c->Cout, sizeof *db);
+    double *ry = malloc(ny * sizeof *ry), *rdx = malloc(nx * sizeof *rdx),
+           *rdw = malloc(nw * sizeof *rdw), *rdb = malloc(c->Cout * sizeof *rdb);
+    ck_assert(x && w && b && dy && dx && dw && db && ry && rdx && rdw && rdb);
+    fill(x, nx, &seed);
+    fill(w, nw, &seed);
+    fill(b, (size_t)c->Cout, &seed);
+    fill(dy, ny, &seed);
+    naive_conv(c, x, w, c->bias ? b : NULL, ry, Ho, Wo);
+    naive_conv_backward(c, x, w, dy, rdx, rdw, rdb, Ho, Wo);
+
+    sd__igemm_enable(kernel_on);
+    sd_graph *g = sd_graph_new();
+    sd_tensor *tx = sd_tensor_wrap(g, 4, (int[]){c->N, c->Cin, c->H, c->W}, x, dx);
+    sd_tensor *tw = sd_tensor_wrap(g, 4, (int[]){c->Cout, c->Cin, c->K, c->K}, w, dw);
+    sd_tensor *tb = sd_tensor_wrap(g, 1, (int[]){c->Cout}, b, db);
+    sd_tensor *y = sd_conv2d(g, tx, tw, c->bias ? tb : NULL, c->stride, c->pad);
+    ck_assert_msg(y != NULL, "%s", sd_error_message());
+    ck_assert_int_eq(sd_graph_backward(g, y, dy), SD_OK);
+    sd__igemm_enable(true);
+    const char *path = kernel_on ? "kernel" : "BLAS";
+    for (size_t i = 0; i < ny; i++)
+        ck_assert_msg(fabs(y->data[i] - ry[i]) <= 1e-4 * (fabs(ry[i]) + 1.0),
+                      "case %d (%s) y[%zu]: %g vs %g", index, path, i, (double)y->data[i], ry[i]);
+    for (size_t i = 0; i < nx; i++)
+        ck_assert_msg(fabs(dx[i] - rdx[i]) <= 1e-4 * (fabs(rdx[i]) + 1.0),
+                      "case %d (%s) dx[%zu]: %g vs %g", index, path, i, (double)dx[i], rdx[i]);
+    for (size_t i = 0; i < nw; i++)
+        ck_assert_msg(fabs(dw[i] - rdw[i]) <= 1e-4 * (fabs(rdw[i]) + 1.0),
+                      "case %d (%s) dw[%zu]: %g vs %g", index, path, i, (double)dw[i], rdw[i]);
+    for (int i = 0; c->bias && i < c->Cout; i++)
+        ck_assert_msg(fabs(db[i] - rdb[i]) <= 1e-4 * (fabs(rdb[i]) + 1.0),
+                      "case %d (%s) db[%d]: %g vs %g", index, path, i, (double)db[i], rdb[i]);
+    sd_graph_free(g);
+    free(x), free(w), free(b), free(dy), free(dx), free(dw), free(db);
+    free(ry), free(rdx), free(rdw), free(rdb);
+}
+
+START_TEST(test_kernel_reference)
+{
+    kernel_case(&kernel_cases[_i], true, _i);
+    kernel_case(&kernel_cases[_i], false, _i);
 }
 END_TEST
 
@@ -438,6 +558,8 @@ int main(void)
                         (int)(sizeof forward_cases / sizeof forward_cases[0]));
     tcase_add_loop_test(tv, test_threads_identical, 0,
                         (int)(sizeof thread_cases / sizeof thread_cases[0]));
+    tcase_add_loop_test(tv, test_kernel_reference, 0,
+                        (int)(sizeof kernel_cases / sizeof kernel_cases[0]));
     tcase_add_test(tv, test_arena_reuse);
     tcase_add_test(tv, test_errors);
     tcase_set_timeout(tv, 240);
