@@ -95,6 +95,16 @@ static size_t mask_floats(const sd_igemm_b *b)
     return round16(((size_t)b->ntaps * mask_bytes_per_tap(b) + 3) / 4);
 }
 static size_t piece_floats(size_t n) { return round16(n * (sizeof(piece) + 3) / 4); }
+/* Stride-2 segments of a block of `cols` columns (pieces <= cols + 1) and
+ * their per-tap masks (segment is defined with the kernels; 32 bytes). */
+#define SEGMENT_BYTES 32
+static size_t segment_count(size_t cols) { return 2 * cols + 2; }
+static size_t segment_floats(const sd_igemm_b *b, size_t cols)
+{
+    if (b->src_xs != 2) return 0;
+    return round16(segment_count(cols) * SEGMENT_BYTES / 4) +
+           round16(segment_count(cols) * (size_t)b->ntaps);
+}
 
 /* Bit masks of the tap rectangles over the grid. */
 static void build_masks(const sd_igemm_b *b, uint8_t *masks)
@@ -122,7 +132,9 @@ static int cut_pieces(const sd_igemm_b *b, size_t j0, int nj, int cut, piece *pc
         int len = nj - o;
         if ((size_t)len > npix - q) len = (int)(npix - q);
         if (cut > 0 && len > cut - o % cut) len = cut - o % cut;
-        pc[n++] = (piece){b->src + i * b->src_img + q, NULL, q, len, o};
+        /* strided sources address (y, x) from the image base */
+        const float *src = b->src + i * b->src_img + (b->src_xs ? 0 : q);
+        pc[n++] = (piece){src, NULL, q, len, o};
         o += len;
     }
     return n;
@@ -137,12 +149,90 @@ static inline uint32_t mask16(const uint8_t *masks, size_t mask_row, int t, size
     return (w >> (q % 8)) & 0xFFFFu;
 }
 
+/* Stride-2 sources are packed output row by output row: a segment is a run
+ * of n <= 16 pixels (y, x .. x+n) of one output row of one piece, loaded as
+ * the 2n source floats from src (two masked vectors) and permuted to the
+ * even ones. The segments and, per tap, their source-lane masks depend only
+ * on the block, so they are worked out once per block, not per row of B. */
+typedef struct segment {
+    const float *src; /* image base + y * src_ys + 2x (add row_off[k]) */
+    float *dst;       /* row 0 (add (k - k0) * ld) */
+    int n, y, x;
+} segment;
+
+_Static_assert(sizeof(segment) <= SEGMENT_BYTES, "segment scratch too small");
+
+/* Segments of the pieces: at most one per column plus one per piece. */
+static int stride2_segments(const sd_igemm_b *b, const piece *pc, int npc, segment *sg)
+{
+    const int gw = b->grid_w;
+    int nseg = 0;
+    for (int e = 0; e < npc; e++) {
+        int y = (int)(pc[e].q / (size_t)gw), x = (int)(pc[e].q % (size_t)gw);
+        for (int o = 0; o < pc[e].len;) {
+            int n = pc[e].len - o;
+            if (n > gw - x) n = gw - x;
+            if (n > 16) n = 16;
+            sg[nseg++] = (segment){pc[e].src + (ptrdiff_t)y * b->src_ys + 2 * x, pc[e].dst + o,
+                                   n, y, x};
+            o += n;
+            x += n;
+            if (x == gw) x = 0, y++;
+        }
+    }
+    return nseg;
+}
+
+/* smask[t * nseg + g]: the source floats (of 32) segment g needs for tap t:
+ * [2 l0, 2 l1 - 1) for its pixels inside rect[t], lanes [l0, l1); 0 if none. */
+static void stride2_masks(const sd_igemm_b *b, const segment *sg, int nseg, uint32_t *smask)
+{
+    for (int t = 0; t < b->ntaps; t++) {
+        const int *r = b->rect[t];
+        for (int g = 0; g < nseg; g++) {
+            int l0 = r[2] - sg[g].x, l1 = r[3] - sg[g].x;
+            if (l0 < 0) l0 = 0;
+            if (l1 > sg[g].n) l1 = sg[g].n;
+            uint32_t m = 0;
+            if (sg[g].y >= r[0] && sg[g].y < r[1] && l0 < l1)
+                m = (2 * l1 - 1 >= 32 ? 0xFFFFFFFFu : (1u << (2 * l1 - 1)) - 1u) &
+                    ~((1u << (2 * l0)) - 1u);
+            smask[(size_t)t * (size_t)nseg + (size_t)g] = m;
+        }
+    }
+}
+
+SD_AVX512
+static void pack_rows_stride2(const sd_igemm_b *b, int k0, int k1, const segment *sg, int nseg,
+                              const uint32_t *smask, size_t ld)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (int k = k0; k < k1; k++) {
+        const ptrdiff_t off = b->row_off[k];
+        const uint32_t *tm = smask + (size_t)b->row_tap[k] * (size_t)nseg;
+        const size_t row = (size_t)(k - k0) * ld;
+        for (int g = 0; g < nseg; g++) {
+            const float *src = sg[g].src + off;
+            __m512 a = _mm512_maskz_loadu_ps((__mmask16)(tm[g] & 0xFFFFu), src);
+            __m512 c = _mm512_maskz_loadu_ps((__mmask16)(tm[g] >> 16), src + 16);
+            _mm512_mask_storeu_ps(sg[g].dst + row, (__mmask16)((1u << sg[g].n) - 1u),
+                                  _mm512_permutex2var_ps(a, even, c));
+        }
+    }
+}
+
 /* Rows [k0, k1) of B for every piece: row k of piece e to e.dst + (k-k0)*ld. */
 SD_AVX512
 static void pack_rows(const sd_igemm_b *b, const uint8_t *masks, int k0, int k1, const piece *pc,
-                      int npc, size_t ld)
+                      int npc, size_t ld, segment *seg, uint32_t *smask)
 {
     const size_t mrow = mask_bytes_per_tap(b);
+    if (b->src_xs == 2) {
+        int nseg = stride2_segments(b, pc, npc, seg);
+        stride2_masks(b, seg, nseg, smask);
+        pack_rows_stride2(b, k0, k1, seg, nseg, smask, ld);
+        return;
+    }
     for (int k = k0; k < k1; k++) {
         const ptrdiff_t off = b->row_off[k];
         const int t = b->row_tap[k];
@@ -197,7 +287,7 @@ static void micro_kernel(int K, const float *restrict ap, const float *restrict 
  * panels + s*K*NR), then per strip run every 8-row block of A and store. */
 SD_AVX512
 static void fwd_block(const sd_igemm *p, const float *ap, const uint8_t *masks, size_t j0, int nj,
-                      float *panels, float *ct, piece *pc)
+                      float *panels, float *ct, piece *pc, segment *seg, uint32_t *smask)
 {
     const sd_igemm_b *b = &p->b;
     const size_t panel = (size_t)b->K * SD_IGEMM_NR;
@@ -210,7 +300,7 @@ static void fwd_block(const sd_igemm *p, const float *ap, const uint8_t *masks, 
         for (int k = 0; k < b->K; k++)
             memset(panels + (size_t)(nstrips - 1) * panel + (size_t)k * SD_IGEMM_NR + tail, 0,
                    (size_t)(SD_IGEMM_NR - tail) * sizeof(float));
-    pack_rows(b, masks, 0, b->K, pc, npc, SD_IGEMM_NR);
+    pack_rows(b, masks, 0, b->K, pc, npc, SD_IGEMM_NR, seg, smask);
     const size_t npix = (size_t)b->grid_h * (size_t)b->grid_w;
     for (int sn = 0, e0 = 0; sn < nstrips; sn++) {
         int e1 = e0;
@@ -222,11 +312,13 @@ static void fwd_block(const sd_igemm *p, const float *ap, const uint8_t *masks, 
                 const float *cr = ct + pc[e].o % SD_IGEMM_NR;
                 float *d = p->out + i * p->out_img + (size_t)m0 * p->out_ch + pc[e].q;
                 for (int r = 0; r < SD_IGEMM_MR; r++, cr += SD_IGEMM_NR, d += p->out_ch) {
-                    if (p->accumulate) {
-                        for (int c = 0; c < pc[e].len; c++) d[c] += cr[c];
-                    } else {
-                        float bv = p->bias ? p->bias[m0 + r] : 0.0f;
-                        for (int c = 0; c < pc[e].len; c++) d[c] = cr[c] + bv;
+                    __m512 bv = _mm512_set1_ps(p->bias && !p->accumulate ? p->bias[m0 + r] : 0.0f);
+                    for (int c = 0; c < pc[e].len; c += 16) {
+                        int n = pc[e].len - c < 16 ? pc[e].len - c : 16;
+                        __mmask16 lanes = (__mmask16)((1u << n) - 1u);
+                        __m512 v = _mm512_maskz_loadu_ps(lanes, cr + c);
+                        v = _mm512_add_ps(v, p->accumulate ? _mm512_maskz_loadu_ps(lanes, d + c) : bv);
+                        _mm512_mask_storeu_ps(d + c, lanes, v);
                     }
                 }
             }
@@ -301,7 +393,7 @@ static void transpose16(const float *src, size_t ld_s, float *dst, size_t ld_d)
  * unit) over every column, block by block. */
 SD_AVX512
 static void dw_rows(const sd_igemm_dw *p, const uint8_t *masks, int k0, int k1, float *panel,
-                    float *dyb, float *dyt, float *dwt, piece *pc)
+                    float *dyb, float *dyt, float *dwt, piece *pc, segment *seg, uint32_t *smask)
 {
     const sd_igemm_b *b = &p->b;
     const int J = SD_IGEMM_DW_J, M = p->M;
@@ -320,7 +412,7 @@ static void dw_rows(const sd_igemm_dw *p, const uint8_t *masks, int k0, int k1, 
             for (int m = 0; m < M; m++)
                 memset(dyb + (size_t)m * J + nj, 0, (size_t)(J - nj) * sizeof(float));
         }
-        pack_rows(b, masks, k0, k1, pc, npc, (size_t)J);
+        pack_rows(b, masks, k0, k1, pc, npc, (size_t)J, seg, smask);
         /* dyb [M][J]: the block's cotangent columns; dyt [J][M] its transpose. */
         for (int e = 0; e < npc; e++) {
             size_t i = (j0 + (size_t)pc[e].o) / npix;
@@ -408,7 +500,8 @@ static int block_strips(const sd_igemm *p)
 static size_t fwd_thread_floats(const sd_igemm *p)
 {
     size_t cols = (size_t)block_strips(p) * SD_IGEMM_NR;
-    return round16(cols * (size_t)p->b.K) + SD_IGEMM_MR * SD_IGEMM_NR + piece_floats(cols + 1);
+    return round16(cols * (size_t)p->b.K) + SD_IGEMM_MR * SD_IGEMM_NR + piece_floats(cols + 1) +
+           segment_floats(&p->b, cols);
 }
 static size_t packed_a_floats(const sd_igemm *p) { return round16((size_t)p->M * (size_t)p->b.K); }
 
@@ -441,9 +534,12 @@ void sd__igemm_run(const sd_igemm *p, float *scratch, int threads)
         float *panels = per_thread + (size_t)thread_num() * fwd_thread_floats(p);
         float *ct = panels + round16(bcols * (size_t)b->K);
         piece *pc = (piece *)(void *)(ct + SD_IGEMM_MR * SD_IGEMM_NR);
+        segment *seg = (segment *)(void *)((float *)(void *)pc + piece_floats(bcols + 1));
+        uint32_t *smask = (uint32_t *)(void *)((float *)(void *)seg +
+                                               round16(segment_count(bcols) * SEGMENT_BYTES / 4));
         size_t j0 = (size_t)bl * bcols;
         int nj = ncols - j0 < bcols ? (int)(ncols - j0) : (int)bcols;
-        fwd_block(p, ap, masks, j0, nj, panels, ct, pc);
+        fwd_block(p, ap, masks, j0, nj, panels, ct, pc, seg, smask);
     }
 #else
     (void)p, (void)scratch, (void)threads;
@@ -457,7 +553,7 @@ static int dw_units(const sd_igemm_dw *p) { return (p->b.K + SD_IGEMM_DW_KU - 1)
 static size_t dw_thread_floats(const sd_igemm_dw *p)
 {
     size_t kp = (size_t)dw_units(p) * SD_IGEMM_DW_KU, J = SD_IGEMM_DW_J, M = (size_t)p->M;
-    return kp * J + 2 * M * J + kp * M + piece_floats(J + 1);
+    return kp * J + 2 * M * J + kp * M + piece_floats(J + 1) + segment_floats(&p->b, J);
 }
 
 size_t sd__igemm_dw_scratch_floats(const sd_igemm_dw *p, int threads)
@@ -489,7 +585,10 @@ void sd__igemm_dw_run(const sd_igemm_dw *p, float *scratch, int threads)
             float *panel = per_thread + (size_t)t * dw_thread_floats(p);
             float *dyb = panel + kp * J, *dyt = dyb + M * J, *dwt = dyt + M * J;
             piece *pc = (piece *)(void *)(dwt + kp * M);
-            dw_rows(p, masks, k0, k1, panel, dyb, dyt, dwt, pc);
+            segment *seg = (segment *)(void *)((float *)(void *)pc + piece_floats(J + 1));
+            uint32_t *smask = (uint32_t *)(void *)((float *)(void *)seg +
+                                                   round16(segment_count(J) * SEGMENT_BYTES / 4));
+            dw_rows(p, masks, k0, k1, panel, dyb, dyt, dwt, pc, seg, smask);
         }
     }
 #else

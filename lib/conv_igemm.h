@@ -6,6 +6,9 @@
  *     B[k][(i, q)] = src[i * src_img + row_off[k] + q]   if (y, x) lies in
  *                    rect[row_tap[k]] = {y0, y1, x0, x1} (half-open), else 0.
  *
+ * or, with src_xs = 2 (stride-2 convolutions read straight from x), for
+ * every valid (y, x): src[i * src_img + row_off[k] + y * src_ys + 2 * x].
+ *
  * That is im2col of a convolution whose taps are shifted copies of planes
  * (Wo == Wp: "same" stride-1 convolutions, stride 2 on phase planes, and
  * the transposed convolutions of their backward, see ops_conv.c). The
@@ -41,6 +44,7 @@ typedef struct sd_igemm_b {
     const int *row_tap;       /* [K], index into rect */
     const int (*rect)[4];     /* [ntaps] {y0, y1, x0, x1} */
     int ntaps;
+    int src_xs, src_ys; /* 0: pixel q at offset q; 2: pixel (y, x) at y*src_ys + 2x */
 } sd_igemm_b;
 
 typedef struct sd_igemm {

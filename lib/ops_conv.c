@@ -746,12 +746,26 @@ static double row_sum(const float *d, size_t n)
 #define SD_CONV_IGEMM 1
 #endif
 
-/* The 1x1 stride-1 convolutions keep sgemm on x itself (no im2col there):
- * measured faster than packing through the kernel (bench_conv "skip"). */
+/* 1x1 stride-1 convolutions of planes of >= SD_CONV_IGEMM_1X1_MAX pixels
+ * keep sgemm on x itself (no im2col there), measured faster than packing
+ * through the kernel (bench_conv "skip"); smaller planes (7x7) gain. */
+#ifndef SD_CONV_IGEMM_1X1_MAX
+#define SD_CONV_IGEMM_1X1_MAX 128
+#endif
 static bool igemm_ok(const conv_geom *g, int M)
 {
-    return SD_CONV_IGEMM && g->planar && !g->direct && sd__igemm_fits(M) &&
-           sd__igemm_available();
+    return SD_CONV_IGEMM && g->planar && !(g->direct && g->HoWo >= SD_CONV_IGEMM_1X1_MAX) &&
+           sd__igemm_fits(M) && sd__igemm_available();
+}
+
+/* The dw kernel splits the Cin*K*K rows between threads in 24-row units and
+ * transposes dy for every block of columns, which only pays with enough
+ * rows: conv_in (1 -> 32, 9 rows) ran at half its sgemm speed through it. */
+#define SD_CONV_IGEMM_DW_MIN_ROWS 64
+static bool igemm_dw_ok(const conv_geom *g)
+{
+    return igemm_ok(g, g->Cout) && sd__igemm_dw_fits(g->Cout) &&
+           g->CKK >= SD_CONV_IGEMM_DW_MIN_ROWS;
 }
 
 /* Row descriptors of one implicit product: offsets, taps, tap rectangles. */
@@ -791,9 +805,13 @@ static void forward_rows(const conv_geom *g, ig_rows r)
             for (int c = 0; c < g->Cin; c++) {
                 int k = (c * K + ki) * K + kj;
                 r.tap[k] = tap;
-                r.off[k] = g->s > 1 ? (ptrdiff_t)(((size_t)c * (size_t)(g->s * g->s) +
-                                                  (size_t)t.plane) * HpWp) + t.shift
-                                    : (ptrdiff_t)c * g->HW + t.shift;
+                if (g->s == 2) /* x itself, read with stride 2 */
+                    r.off[k] = (ptrdiff_t)c * g->HW + (ptrdiff_t)(ki - g->p) * g->W + (kj - g->p);
+                else if (g->s > 1)
+                    r.off[k] = (ptrdiff_t)(((size_t)c * (size_t)(g->s * g->s) + (size_t)t.plane) *
+                                           HpWp) + t.shift;
+                else
+                    r.off[k] = (ptrdiff_t)c * g->HW + t.shift;
             }
         }
 }
@@ -802,7 +820,7 @@ static void forward_rows(const conv_geom *g, ig_rows r)
  * ph_floats(g) floats) for the forward product's B. */
 static size_t ph_floats(const conv_geom *g)
 {
-    return g->s > 1 ? (size_t)g->N * (size_t)g->Cin * (size_t)(g->s * g->s) * (size_t)g->Hp *
+    return g->s > 2 ? (size_t)g->N * (size_t)g->Cin * (size_t)(g->s * g->s) * (size_t)g->Hp *
                           (size_t)g->Wp
                     : 0;
 }
@@ -813,7 +831,13 @@ static sd_igemm_b forward_b(const conv_geom *g, const float *x, ig_rows r, float
                     .ntaps = g->K * g->K, .row_off = r.off, .row_tap = r.tap,
                     .rect = (const int(*)[4])r.rect};
     forward_rows(g, r);
-    if (g->s > 1) {
+    if (g->s == 2) {
+        /* Stride 2 reads x directly (two loads and a permute per output
+         * row): splitting x into phase planes first cost a pass over all of
+         * x and a 7 MB buffer for unet-28's Down 32 (a quarter of its time). */
+        b.src = x, b.src_img = (size_t)g->Cin * (size_t)g->HW;
+        b.src_xs = 2, b.src_ys = 2 * g->W;
+    } else if (g->s > 1) {
         size_t img = (size_t)g->Cin * (size_t)g->HW, ph_img = ph_floats(g) / (size_t)g->N;
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
         for (int n = 0; n < g->N; n++)
@@ -865,52 +889,84 @@ static sd_status conv_igemm_dw(sd_graph *gr, const conv_geom *g, const float *x,
 }
 
 /* dx += the transposed convolution of dy (see dx_transposed), by phase.
- * Stride 1: the product adds straight into dx. Stride s > 1: each phase's
- * product is written, contiguously, into its plane of dph [N, Cin, s*s,
- * Hp*Wp], and one pass interleaves the planes into dx. (Adding each phase
- * into dx through its pixel map was a scalar, strided read-modify-write
- * over all of dx per phase: a third of the whole stride-2 backward.) */
+ * Stride 1: one product adding straight into dx. Stride s > 1: images are
+ * taken in chunks whose phase planes dph [cnt, Cin, s*s, Hp*Wp] fit in L2;
+ * per chunk (one thread each) every phase's product is written
+ * contiguously into its plane, then one pass interleaves the planes into
+ * dx. (Adding each phase into dx through a pixel map was a strided scalar
+ * read-modify-write of all of dx per phase; planes for the whole batch made
+ * two more passes through memory: a fifth of the stride-2 backward.) */
+#ifndef SD_CONV_DPH_BYTES
+#define SD_CONV_DPH_BYTES (768u << 10)
+#endif
+typedef struct dx_phases {
+    const conv_geom *g;
+    const sd_igemm *p; /* common fields */
+    const float *wt;   /* build_wt blocks, phase by phase */
+    float *rows;       /* ig_rows of phase P at rows + P * rows_n */
+    size_t rows_n;
+    const int *ntp; /* taps per phase */
+    const float *dy;
+} dx_phases;
+
+/* Product of phase P over images [n0, n0 + cnt) into out. */
+static void phase_product(const dx_phases *d, int P, int n0, int cnt, float *out, int threads,
+                          float *scratch)
+{
+    const conv_geom *g = d->g;
+    sd_igemm q = *d->p;
+    ig_rows r = ig_rows_at(d->rows + (size_t)P * d->rows_n, q.b.K);
+    size_t wt_off = 0;
+    for (int Q = 0; Q < P; Q++) wt_off += (size_t)g->Cin * (size_t)g->Cout * (size_t)d->ntp[Q];
+    q.b.K = g->Cout * d->ntp[P], q.A = d->wt + wt_off, q.lda = q.b.K, q.b.ntaps = d->ntp[P];
+    q.b.row_off = r.off, q.b.row_tap = r.tap, q.b.rect = (const int(*)[4])r.rect;
+    q.b.n_img = cnt, q.b.src = d->dy + (size_t)n0 * q.b.src_img, q.out = out;
+    sd__igemm_run(&q, scratch, threads);
+}
 static sd_status conv_igemm_dx(sd_graph *gr, const conv_geom *g, const float *dy, const float *w,
                                float *dx)
 {
     const int K = g->K, s = g->s, ss = s * s;
-    const size_t HpWp = (size_t)g->Hp * (size_t)g->Wp;
-    int max_nt = 0;
-    for (int P = 0; P < ss; P++)
-        if (phase_taps(g, P) > max_nt) max_nt = phase_taps(g, P);
+    const size_t HpWp = (size_t)g->Hp * (size_t)g->Wp, img_x = (size_t)g->Cin * (size_t)g->HW;
+    int ntp[64], max_nt = 0; /* ss <= K*K <= 64 on planar geometry here */
+    if (ss > 64) return sd_error(SD_ERR_INVALID, "conv2d: stride %d too large", s);
+    for (int P = 0; P < ss; P++) {
+        ntp[P] = phase_taps(g, P);
+        if (ntp[P] > max_nt) max_nt = ntp[P];
+    }
     sd_igemm p = {.b = {.K = g->Cout * max_nt, .grid_h = g->Hp, .grid_w = g->Wp, .n_img = g->N,
                         .ntaps = max_nt, .src = dy,
                         .src_img = (size_t)g->Cout * (size_t)g->HoWo},
-                  .M = g->Cin, .out = dx, .out_img = (size_t)g->Cin * (size_t)g->HW,
-                  .out_ch = (size_t)g->HW, .accumulate = true};
+                  .M = g->Cin, .out = dx, .out_img = img_x, .out_ch = (size_t)g->HW,
+                  .accumulate = true};
+    int nt = igemm_threads(g), nbp = g->N, chunks = 1;
     if (s > 1) {
         p.out_ch = (size_t)ss * HpWp;
         p.out_img = (size_t)g->Cin * p.out_ch;
         p.accumulate = false;
+        size_t per_img = p.out_img * sizeof(float);
+        nbp = (int)(SD_CONV_DPH_BYTES / per_img);
+        if (nbp < 1) nbp = 1;
+        if (nbp > g->N) nbp = g->N;
+        chunks = (g->N + nbp - 1) / nbp;
+        if (nt > chunks) nt = chunks;
     }
-    int nt = igemm_threads(g);
     size_t wt_n = ((size_t)g->Cout * (size_t)g->CKK + 15) & ~(size_t)15;
-    size_t rows_n = ig_rows_floats(p.b.K, max_nt), dph_n = s > 1 ? (size_t)g->N * p.out_img : 0;
-    float *mem = sd_graph_alloc_floats(gr, wt_n + rows_n + dph_n + sd__igemm_scratch_floats(&p, nt));
+    size_t rows_n = ig_rows_floats(p.b.K, max_nt);
+    size_t dph_n = s > 1 ? (size_t)nbp * p.out_img : 0;
+    size_t per_thread = dph_n + sd__igemm_scratch_floats(&p, s > 1 ? 1 : nt);
+    float *mem = sd_graph_alloc_floats(gr, wt_n + (size_t)ss * rows_n +
+                                               (s > 1 ? (size_t)nt : 1) * per_thread);
     if (!mem) return sd_error(SD_ERR_NOMEM, "conv2d backward: out of memory for scratch");
-    float *wt = mem, *dph = mem + wt_n + rows_n, *scratch = dph + dph_n;
+    float *wt = mem, *work = mem + wt_n + (size_t)ss * rows_n;
     build_wt(g, w, wt);
-    ig_rows r = ig_rows_at(mem + wt_n, p.b.K);
-    const float *wt_p = wt;
+    /* Rows of each phase's B: (co, t) reads dy at q - shift_t, in the rectangle
+     * of phase pixels (i, j) whose dy pixel (i - dyt, j - dxt) exists. */
     for (int P = 0; P < ss; P++) {
-        int ntp = phase_taps(g, P), t = 0;
-        if (ntp == 0) {
-            if (s > 1) /* no tap lands on this phase: its plane gets nothing */
-                for (int n = 0; n < g->N; n++)
-                    for (int ci = 0; ci < g->Cin; ci++)
-                        memset(dph + (size_t)n * p.out_img + (size_t)ci * p.out_ch + P * HpWp, 0,
-                               HpWp * sizeof(float));
-            continue;
-        }
-        for (int ki = 0; ki < K; ki++)
+        ig_rows r = ig_rows_at(mem + wt_n + (size_t)P * rows_n, p.b.K);
+        for (int ki = 0, t = 0; ki < K; ki++)
             for (int kj = 0; kj < K; kj++) {
                 if (tap_init(g, ki, kj).plane != P) continue;
-                /* Phase pixel (i, j) reads dy (i - dyt, j - dxt). */
                 int dyt = floor_div(ki - g->p, s), dxt = floor_div(kj - g->p, s);
                 int y0 = dyt > 0 ? dyt : 0, y1 = g->Ho + dyt < g->Hp ? g->Ho + dyt : g->Hp;
                 int x0 = dxt > 0 ? dxt : 0, x1 = g->Wo + dxt < g->Wp ? g->Wo + dxt : g->Wp;
@@ -918,23 +974,38 @@ static sd_status conv_igemm_dx(sd_graph *gr, const conv_geom *g, const float *dy
                 if (x1 < x0) x1 = x0;
                 r.rect[t][0] = y0, r.rect[t][1] = y1, r.rect[t][2] = x0, r.rect[t][3] = x1;
                 for (int co = 0; co < g->Cout; co++) {
-                    r.tap[co * ntp + t] = t;
-                    r.off[co * ntp + t] =
+                    r.tap[co * ntp[P] + t] = t;
+                    r.off[co * ntp[P] + t] =
                         (ptrdiff_t)co * g->HoWo - ((ptrdiff_t)dyt * g->Wo + dxt);
                 }
                 t++;
             }
-        p.b.K = g->Cout * ntp, p.A = wt_p, p.lda = p.b.K, p.b.ntaps = ntp;
-        p.b.row_off = r.off, p.b.row_tap = r.tap, p.b.rect = (const int(*)[4])r.rect;
-        if (s > 1) p.out = dph + (size_t)P * HpWp;
-        sd__igemm_run(&p, scratch, nt);
-        wt_p += (size_t)g->Cin * (size_t)p.b.K;
     }
-    if (s > 1) {
-        size_t img_x = (size_t)g->Cin * (size_t)g->HW;
+    dx_phases ph = {g, &p, wt, mem + wt_n, rows_n, ntp, dy};
+    if (s == 1) {
+        phase_product(&ph, 0, 0, g->N, dx, nt, work);
+        return SD_OK;
+    }
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-        for (int n = 0; n < g->N; n++)
-            phases_add(g, dph + (size_t)n * p.out_img, dx + (size_t)n * img_x);
+    for (int c = 0; c < chunks; c++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *dph = work + (size_t)tid * per_thread, *scratch = dph + dph_n;
+        int n0 = c * nbp, cnt = g->N - n0 < nbp ? g->N - n0 : nbp;
+        for (int P = 0; P < ss; P++) {
+            if (ntp[P] == 0) { /* no tap lands on this phase: its plane gets nothing */
+                for (int i = 0; i < cnt; i++)
+                    for (int ci = 0; ci < g->Cin; ci++)
+                        memset(dph + (size_t)i * p.out_img + (size_t)ci * p.out_ch + P * HpWp, 0,
+                               HpWp * sizeof(float));
+                continue;
+            }
+            phase_product(&ph, P, n0, cnt, dph + (size_t)P * HpWp, 1, scratch);
+        }
+        for (int i = 0; i < cnt; i++)
+            phases_add(g, dph + (size_t)i * p.out_img, dx + (size_t)(n0 + i) * img_x);
     }
     return SD_OK;
 }
@@ -980,7 +1051,7 @@ static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
         if (st != SD_OK) return st;
         need_dx = false;
     }
-    if (need_dw && igemm_ok(&g, g.Cout) && sd__igemm_dw_fits(g.Cout)) {
+    if (need_dw && igemm_dw_ok(&g)) {
         sd_arena_mark mark = sd__arena_mark(gr);
         sd_status st = conv_igemm_dw(gr, &g, x->data, dy, w->grad);
         sd__arena_rewind(gr, mark);
