@@ -525,7 +525,16 @@ void sd__igemm_run(const sd_igemm *p, float *scratch, int threads)
     build_masks(b, masks);
     float *per_thread = ap + packed_a_floats(p) + mask_floats(b);
     size_t ncols = b_columns(b);
-    const size_t bcols = (size_t)block_strips(p) * SD_IGEMM_NR;
+    /* Blocks of at most block_strips strips, but at least 4 per thread: the
+     * 7x7 and 1x1 products have only a few blocks, and 5 blocks on 2
+     * threads ran at 3/5 of the 2-thread speed. (Blocks only group columns:
+     * every result is the same for any block size.) */
+    size_t strips = (ncols + SD_IGEMM_NR - 1) / SD_IGEMM_NR, bs = (size_t)block_strips(p);
+    if (threads > 1 && bs * 4 * (size_t)threads > strips) {
+        bs = strips / (4 * (size_t)threads);
+        if (bs < 1) bs = 1;
+    }
+    const size_t bcols = bs * SD_IGEMM_NR;
     long blocks = (long)((ncols + bcols - 1) / bcols);
     if (threads > blocks) threads = (int)blocks;
     if (threads < 1) threads = 1;

@@ -945,7 +945,9 @@ static sd_status conv_igemm_dx(sd_graph *gr, const conv_geom *g, const float *dy
         p.out_img = (size_t)g->Cin * p.out_ch;
         p.accumulate = false;
         size_t per_img = p.out_img * sizeof(float);
+        /* at most N/8 images per chunk, so that 2 threads share the chunks evenly */
         nbp = (int)(SD_CONV_DPH_BYTES / per_img);
+        if (nbp > (g->N + 7) / 8) nbp = (g->N + 7) / 8;
         if (nbp < 1) nbp = 1;
         if (nbp > g->N) nbp = g->N;
         chunks = (g->N + nbp - 1) / nbp;

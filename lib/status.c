@@ -38,6 +38,23 @@ sd_status sd_error(sd_status st, const char *fmt, ...)
     return st;
 }
 
+void *sd_malloc_aligned(size_t align, size_t bytes)
+{
+    size_t rounded = (bytes + align - 1) & ~(align - 1);
+    if (rounded < bytes) {
+        sd_error(SD_ERR_NOMEM, "allocation of %zu bytes overflows", bytes);
+        return NULL;
+    }
+    if (rounded == 0) rounded = align;
+    void *p = aligned_alloc(align, rounded);
+    if (!p) {
+        sd_error(SD_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    atomic_fetch_add(&sd_allocations, 1);
+    return p;
+}
+
 void *sd_malloc(size_t bytes)
 {
     /* aligned_alloc needs a size that is a multiple of the alignment. */

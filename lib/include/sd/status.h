@@ -49,6 +49,8 @@ sd_status sd_error(sd_status st, const char *fmt, ...)
  * NULL. sd_malloc(0) returns a valid unique pointer. Memory is 64-byte aligned
  * (cache line / AVX-512). sd_free(NULL) is a no-op. */
 void *sd_malloc(size_t bytes);
+/* As sd_malloc with a larger alignment (a power of two, >= 64). */
+void *sd_malloc_aligned(size_t align, size_t bytes);
 void *sd_calloc(size_t count, size_t size); /* overflow-checked */
 void sd_free(void *p);
 
