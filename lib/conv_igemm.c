@@ -95,13 +95,12 @@ static size_t mask_floats(const sd_igemm_b *b)
     return round16(((size_t)b->ntaps * mask_bytes_per_tap(b) + 3) / 4);
 }
 static size_t piece_floats(size_t n) { return round16(n * (sizeof(piece) + 3) / 4); }
-/* Stride-2 segments of a block of `cols` columns (pieces <= cols + 1) and
- * their per-tap masks (segment is defined with the kernels; 32 bytes). */
+/* Segments of a block of `cols` columns (pieces <= cols + 1) and their
+ * per-tap masks (segment is defined with the kernels; 32 bytes). */
 #define SEGMENT_BYTES 32
 static size_t segment_count(size_t cols) { return 2 * cols + 2; }
 static size_t segment_floats(const sd_igemm_b *b, size_t cols)
 {
-    if (b->src_xs != 2) return 0;
     return round16(segment_count(cols) * SEGMENT_BYTES / 4) +
            round16(segment_count(cols) * (size_t)b->ntaps);
 }
@@ -157,7 +156,7 @@ static inline uint32_t mask16(const uint8_t *masks, size_t mask_row, int t, size
 typedef struct segment {
     const float *src; /* image base + y * src_ys + 2x (add row_off[k]) */
     float *dst;       /* row 0 (add (k - k0) * ld) */
-    int n, y, x;
+    int n, y, x; /* planar segments: y = piece, x = first column in the piece */
 } segment;
 
 _Static_assert(sizeof(segment) <= SEGMENT_BYTES, "segment scratch too small");
@@ -233,24 +232,31 @@ static void pack_rows(const sd_igemm_b *b, const uint8_t *masks, int k0, int k1,
         pack_rows_stride2(b, k0, k1, seg, nseg, smask, ld);
         return;
     }
+    /* Planar: the pieces' 16-float vectors, and per tap their lane masks,
+     * worked out once per block (a row of B then costs a mask load, a
+     * masked load and a masked store per vector). */
+    int nseg = 0;
+    for (int e = 0; e < npc; e++)
+        for (int v = 0; v < pc[e].len; v += 16) {
+            int n = pc[e].len - v < 16 ? pc[e].len - v : 16;
+            seg[nseg++] = (segment){pc[e].src + v, pc[e].dst + v, n, (int)e, v};
+        }
+    for (int t = 0; t < b->ntaps; t++)
+        for (int g = 0; g < nseg; g++)
+            smask[(size_t)t * (size_t)nseg + (size_t)g] =
+                ((1u << seg[g].n) - 1u) & mask16(masks, mrow, t, pc[seg[g].y].q + (size_t)seg[g].x);
     for (int k = k0; k < k1; k++) {
         const ptrdiff_t off = b->row_off[k];
-        const int t = b->row_tap[k];
+        const uint32_t *tm = smask + (size_t)b->row_tap[k] * (size_t)nseg;
+        const size_t row = (size_t)(k - k0) * ld;
         if (k + SD_IGEMM_AHEAD < k1) /* a later row's runs, while this one is copied */
             for (int e = 0; e < npc; e++) {
                 const char *a = (const char *)(pc[e].src + b->row_off[k + SD_IGEMM_AHEAD]);
                 for (int c = 0; c < pc[e].len * 4; c += 64) _mm_prefetch(a + c, _MM_HINT_T0);
             }
-        for (int e = 0; e < npc; e++) {
-            const float *src = pc[e].src + off;
-            float *dst = pc[e].dst + (size_t)(k - k0) * ld;
-            for (int v = 0; v < pc[e].len; v += 16) {
-                int n = pc[e].len - v < 16 ? pc[e].len - v : 16;
-                __mmask16 lanes = (__mmask16)((1u << n) - 1u);
-                __mmask16 m = (__mmask16)(lanes & mask16(masks, mrow, t, pc[e].q + (size_t)v));
-                _mm512_mask_storeu_ps(dst + v, lanes, _mm512_maskz_loadu_ps(m, src + v));
-            }
-        }
+        for (int g = 0; g < nseg; g++)
+            _mm512_mask_storeu_ps(seg[g].dst + row, (__mmask16)((1u << seg[g].n) - 1u),
+                                  _mm512_maskz_loadu_ps((__mmask16)tm[g], seg[g].src + off));
     }
 }
 

@@ -1,4 +1,11 @@
-/* ops_conv.c - 2-D convolution (sd_conv2d) by im2col + sgemm, cache-blocked.
+/* ops_conv.c - 2-D convolution (sd_conv2d): implicit GEMM, or im2col + sgemm.
+ *
+ * Two paths. On CPUs with AVX-512F the planar geometries (below: "same" 3x3
+ * and 5x5, 3x3 stride 2, 1x1 on small planes) with channel counts that are
+ * multiples of 8 (16 for dw) run on the implicit-GEMM kernels of
+ * conv_igemm.c, which gather B straight from x / dy ("implicit GEMM" section
+ * near the end). Everything else, and every CPU without AVX-512, takes the
+ * im2col + sgemm path described here; tests run both.
  *
  * Dimensions: N batch, Cin/Cout channels, H x W input, Ho x Wo output, K
  * square kernel, s stride, p zero padding; CKK = Cin*K*K, HoWo = Ho*Wo.

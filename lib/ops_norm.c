@@ -101,21 +101,40 @@ static norm_stat stat_of(double mean, double var, float eps)
     return st;
 }
 
-/* Two-pass statistics of xs[0..M). */
+/* Two-pass statistics of xs[0..M): the sum, then the squares of x - mean.
+ * Each pass adds float partial sums in vector lanes over blocks of at most
+ * 1024 elements (64 terms per lane at 16 lanes: relative error ~4e-6 at
+ * worst) and the blocks in double. A double accumulator per element halved
+ * the vector width and made this 3% of a unet-28 step. The lane order is
+ * fixed at compile time, so the result is deterministic. */
 SD_VECTOR_CLONES
 static norm_stat set_stats(const float *xs, size_t M, float eps)
 {
+    /* Sums of x - x[0]: a large common offset (a set of values near 1000)
+     * would otherwise cost the float partial sums their low bits. */
+    const float pivot = M ? xs[0] : 0.0f;
     double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (size_t i = 0; i < M; i++) s += xs[i];
-    double mu = s / (double)M;
-    double q = 0.0;
-#pragma omp simd reduction(+ : q)
-    for (size_t i = 0; i < M; i++) {
-        double d = (double)xs[i] - mu;
-        q += d * d;
+    for (size_t b0 = 0; b0 < M; b0 += 1024) {
+        size_t b1 = M - b0 < 1024 ? M : b0 + 1024;
+        float f = 0.0f;
+#pragma omp simd reduction(+ : f)
+        for (size_t i = b0; i < b1; i++) f += xs[i] - pivot;
+        s += f;
     }
-    return stat_of(mu, q / (double)M, eps);
+    s += (double)pivot * (double)M;
+    norm_stat st = stat_of(s / (double)M, 0.0, eps);
+    double q = 0.0;
+    for (size_t b0 = 0; b0 < M; b0 += 1024) {
+        size_t b1 = M - b0 < 1024 ? M : b0 + 1024;
+        float f = 0.0f;
+#pragma omp simd reduction(+ : f)
+        for (size_t i = b0; i < b1; i++) {
+            float d = centre(xs[i], st);
+            f += d * d;
+        }
+        q += f;
+    }
+    return stat_of(s / (double)M, q / (double)M, eps);
 }
 
 /* Pre-activation z = centre(x) * (rstd * gamma) + beta. Forward and both
