@@ -14,7 +14,7 @@
  * row is then one contiguous run. Packing one short strip at a time made K
  * interleaved streams of 3 cache lines each, more than the hardware
  * prefetchers follow, and the packing waited on memory; a software prefetch
- * SD_IGEMM_AHEAD rows ahead covers the jumps between rows.
+ * of the next channel's rows covers the jumps between rows.
  *
  * Forward micro-kernel: an 8 x 48 tile of C in 24 AVX-512 accumulators; per
  * k one panel row (three loads) and eight broadcasts of packed A ([M/8][K]
@@ -40,10 +40,6 @@
 #define SD_IGEMM_X86 0
 #endif
 
-/* Rows the packing prefetches ahead. */
-#ifndef SD_IGEMM_AHEAD
-#define SD_IGEMM_AHEAD 4
-#endif
 /* Forward: strips per block, for panels of about this many bytes (L2). */
 #ifndef SD_IGEMM_BLOCK_BYTES
 #define SD_IGEMM_BLOCK_BYTES (512u << 10)
@@ -249,9 +245,12 @@ static void pack_rows(const sd_igemm_b *b, const uint8_t *masks, int k0, int k1,
         const ptrdiff_t off = b->row_off[k];
         const uint32_t *tm = smask + (size_t)b->row_tap[k] * (size_t)nseg;
         const size_t row = (size_t)(k - k0) * ld;
-        if (k + SD_IGEMM_AHEAD < k1) /* a later row's runs, while this one is copied */
+        /* The same tap of the next channel (rows are channel-major, taps
+         * fastest; the taps of one channel share their lines): fetch its
+         * runs while this row is copied. */
+        if (k + b->ntaps < k1)
             for (int e = 0; e < npc; e++) {
-                const char *a = (const char *)(pc[e].src + b->row_off[k + SD_IGEMM_AHEAD]);
+                const char *a = (const char *)(pc[e].src + b->row_off[k + b->ntaps]);
                 for (int c = 0; c < pc[e].len * 4; c += 64) _mm_prefetch(a + c, _MM_HINT_T0);
             }
         for (int g = 0; g < nseg; g++)
@@ -312,6 +311,14 @@ static void fwd_block(const sd_igemm *p, const float *ap, const uint8_t *masks, 
         int e1 = e0;
         while (e1 < npc && pc[e1].o / SD_IGEMM_NR == sn) e1++;
         for (int m0 = 0; m0 < p->M; m0 += SD_IGEMM_MR) {
+            /* The tile's output lines, fetched while the micro-kernel runs
+             * (adding into dx missed the cache on every line). */
+            for (int e = e0; e < e1; e++) {
+                size_t i = (j0 + (size_t)pc[e].o) / npix;
+                const char *d = (const char *)(p->out + i * p->out_img + (size_t)m0 * p->out_ch + pc[e].q);
+                for (int r = 0; r < SD_IGEMM_MR; r++, d += p->out_ch * sizeof(float))
+                    for (int c = 0; c < pc[e].len * 4; c += 64) __builtin_prefetch(d + c, 1, 3);
+            }
             micro_kernel(b->K, ap + (size_t)m0 * (size_t)b->K, panels + (size_t)sn * panel, ct);
             for (int e = e0; e < e1; e++) {
                 size_t i = (j0 + (size_t)pc[e].o) / npix;
