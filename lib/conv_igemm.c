@@ -402,11 +402,12 @@ static void transpose16(const float *src, size_t ld_s, float *dst, size_t ld_d)
     }
 }
 
-/* Rows [k0, k1) of dw^T (dwt [k1p - k0][M], k1p = k1 rounded up to the
- * unit) over every column, block by block. */
+/* Rows [k0, k1) of dw^T over the column blocks [c0, c1) (J columns each):
+ * dwt [k1p - k0][M] (k1p = k1 rounded up to the unit) is set to their sum. */
 SD_AVX512
-static void dw_rows(const sd_igemm_dw *p, const uint8_t *masks, int k0, int k1, float *panel,
-                    float *dyb, float *dyt, float *dwt, piece *pc, segment *seg, uint32_t *smask)
+static void dw_rows(const sd_igemm_dw *p, const uint8_t *masks, int k0, int k1, size_t c0,
+                    size_t c1, float *panel, float *dyb, float *dyt, float *dwt, piece *pc,
+                    segment *seg, uint32_t *smask)
 {
     const sd_igemm_b *b = &p->b;
     const int J = SD_IGEMM_DW_J, M = p->M;
@@ -415,7 +416,7 @@ static void dw_rows(const sd_igemm_dw *p, const uint8_t *masks, int k0, int k1, 
     memset(dwt, 0, (size_t)(k1p - k0) * (size_t)M * sizeof(float));
     /* Rows past K stay zero in the panel (their dw^T rows are dropped). */
     memset(panel + (size_t)(k1 - k0) * J, 0, (size_t)(k1p - k1) * J * sizeof(float));
-    for (size_t j0 = 0; j0 < ncols; j0 += (size_t)J) {
+    for (size_t j0 = c0 * (size_t)J; j0 < c1 * (size_t)J && j0 < ncols; j0 += (size_t)J) {
         int nj = ncols - j0 < (size_t)J ? (int)(ncols - j0) : J;
         int npc = cut_pieces(b, j0, nj, 0, pc);
         for (int e = 0; e < npc; e++) pc[e].dst = panel + pc[e].o;
@@ -451,8 +452,6 @@ static void dw_rows(const sd_igemm_dw *p, const uint8_t *masks, int k0, int k1, 
             }
         }
     }
-    for (int k = k0; k < k1; k++) /* dw[m][k] += dw^T[k][m] */
-        for (int m = 0; m < M; m++) p->dw[(size_t)m * (size_t)b->K + (size_t)k] += dwt[(size_t)(k - k0) * M + m];
 }
 
 SD_AVX512
@@ -538,13 +537,13 @@ void sd__igemm_run(const sd_igemm *p, float *scratch, int threads)
     build_masks(b, masks);
     float *per_thread = ap + packed_a_floats(p) + mask_floats(b);
     size_t ncols = b_columns(b);
-    /* Blocks of at most block_strips strips, but at least 4 per thread: the
+    /* Blocks of at most block_strips strips, but at least 8 per thread: the
      * 7x7 and 1x1 products have only a few blocks, and 5 blocks on 2
-     * threads ran at 3/5 of the 2-thread speed. (Blocks only group columns:
+     * threads ran at 3/5 of the 2-thread speed (9 blocks: 5/4 imbalance). (Blocks only group columns:
      * every result is the same for any block size.) */
     size_t strips = (ncols + SD_IGEMM_NR - 1) / SD_IGEMM_NR, bs = (size_t)block_strips(p);
-    if (threads > 1 && bs * 4 * (size_t)threads > strips) {
-        bs = strips / (4 * (size_t)threads);
+    if (threads > 1 && bs * 8 * (size_t)threads > strips) {
+        bs = strips / (8 * (size_t)threads);
         if (bs < 1) bs = 1;
     }
     const size_t bcols = bs * SD_IGEMM_NR;
@@ -570,17 +569,28 @@ void sd__igemm_run(const sd_igemm *p, float *scratch, int threads)
 
 /* ---- dw driver ------------------------------------------------------------- */
 
+/* dw is summed over the columns in SD_IGEMM_DW_SLOTS fixed halves (slots),
+ * each a partial dw^T, added in slot order at the end: with 2 threads each
+ * takes a slot with all of K, instead of both packing and transposing the
+ * whole cotangent for half of K each (at 1x1 128 -> 64 on 7x7 planes that
+ * duplicated work was 45% of a thread's time). The slots, not the threads,
+ * fix the order of every sum, so results do not depend on the thread count;
+ * more threads also split K between them. */
+#define SD_IGEMM_DW_SLOTS 2
+
 static int dw_units(const sd_igemm_dw *p) { return (p->b.K + SD_IGEMM_DW_KU - 1) / SD_IGEMM_DW_KU; }
-/* Per thread (sized for all of K): panel, dy block and its transpose, dw^T, pieces. */
+static size_t dw_kp(const sd_igemm_dw *p) { return (size_t)dw_units(p) * SD_IGEMM_DW_KU; }
+/* Per thread (sized for all of K): panel, dy block and its transpose, pieces, segments. */
 static size_t dw_thread_floats(const sd_igemm_dw *p)
 {
-    size_t kp = (size_t)dw_units(p) * SD_IGEMM_DW_KU, J = SD_IGEMM_DW_J, M = (size_t)p->M;
-    return kp * J + 2 * M * J + kp * M + piece_floats(J + 1) + segment_floats(&p->b, J);
+    size_t J = SD_IGEMM_DW_J, M = (size_t)p->M;
+    return dw_kp(p) * J + 2 * M * J + piece_floats(J + 1) + segment_floats(&p->b, J);
 }
 
 size_t sd__igemm_dw_scratch_floats(const sd_igemm_dw *p, int threads)
 {
-    return mask_floats(&p->b) + (size_t)threads * dw_thread_floats(p);
+    return mask_floats(&p->b) + SD_IGEMM_DW_SLOTS * dw_kp(p) * (size_t)p->M +
+           (size_t)threads * dw_thread_floats(p);
 }
 
 void sd__igemm_dw_run(const sd_igemm_dw *p, float *scratch, int threads)
@@ -588,31 +598,47 @@ void sd__igemm_dw_run(const sd_igemm_dw *p, float *scratch, int threads)
 #if SD_IGEMM_X86
     uint8_t *masks = (uint8_t *)(void *)scratch;
     build_masks(&p->b, masks);
-    float *per_thread = scratch + mask_floats(&p->b);
-    int units = dw_units(p);
-    if (threads > units) threads = units;
+    const size_t J = SD_IGEMM_DW_J, M = (size_t)p->M, kp = dw_kp(p), K = (size_t)p->b.K;
+    float *slots = scratch + mask_floats(&p->b);
+    float *per_thread = slots + SD_IGEMM_DW_SLOTS * kp * M;
+    const int units = dw_units(p);
+    const size_t nblocks = (b_columns(&p->b) + J - 1) / J;
+    /* Work items: (slot, group of K units); groups = threads per slot. */
+    int groups = threads / SD_IGEMM_DW_SLOTS;
+    if (groups < 1) groups = 1;
+    if (groups > units) groups = units;
+    const int items = SD_IGEMM_DW_SLOTS * groups;
+    if (threads > items) threads = items;
     if (threads < 1) threads = 1;
-    const size_t J = SD_IGEMM_DW_J, M = (size_t)p->M;
-    const size_t kp = (size_t)units * SD_IGEMM_DW_KU;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        int t = thread_num(), nt = 1;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-#endif
-        int u0 = (int)((long)units * t / nt), u1 = (int)((long)units * (t + 1) / nt);
-        int k0 = u0 * SD_IGEMM_DW_KU, k1 = u1 * SD_IGEMM_DW_KU;
-        if (k1 > p->b.K) k1 = p->b.K;
-        if (k0 < k1) {
-            float *panel = per_thread + (size_t)t * dw_thread_floats(p);
-            float *dyb = panel + kp * J, *dyt = dyb + M * J, *dwt = dyt + M * J;
-            piece *pc = (piece *)(void *)(dwt + kp * M);
-            segment *seg = (segment *)(void *)((float *)(void *)pc + piece_floats(J + 1));
-            uint32_t *smask = (uint32_t *)(void *)((float *)(void *)seg +
-                                                   round16(segment_count(J) * SEGMENT_BYTES / 4));
-            dw_rows(p, masks, k0, k1, panel, dyb, dyt, dwt, pc, seg, smask);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int it = 0; it < items; it++) {
+        int sl = it % SD_IGEMM_DW_SLOTS, gi = it / SD_IGEMM_DW_SLOTS;
+        int k0 = (int)((long)units * gi / groups) * SD_IGEMM_DW_KU;
+        int k1 = (int)((long)units * (gi + 1) / groups) * SD_IGEMM_DW_KU;
+        if (k1 > (int)K) k1 = (int)K;
+        size_t c0 = nblocks * (size_t)sl / SD_IGEMM_DW_SLOTS;
+        size_t c1 = nblocks * (size_t)(sl + 1) / SD_IGEMM_DW_SLOTS;
+        float *dwt = slots + (size_t)sl * kp * M + (size_t)k0 * M;
+        if (k0 >= k1) continue;
+        if (c0 >= c1) { /* an empty slot adds nothing */
+            memset(dwt, 0, (size_t)(k1 - k0) * M * sizeof(float));
+            continue;
         }
+        float *panel = per_thread + (size_t)thread_num() * dw_thread_floats(p);
+        float *dyb = panel + kp * J, *dyt = dyb + M * J;
+        piece *pc = (piece *)(void *)(dyt + M * J);
+        segment *seg = (segment *)(void *)((float *)(void *)pc + piece_floats(J + 1));
+        uint32_t *smask = (uint32_t *)(void *)((float *)(void *)seg +
+                                               round16(segment_count(J) * SEGMENT_BYTES / 4));
+        dw_rows(p, masks, k0, k1, c0, c1, panel, dyb, dyt, dwt, pc, seg, smask);
     }
+    /* dw[m][k] += (slot 0 + slot 1)[k][m], in slot order */
+    for (size_t k = 0; k < K; k++)
+        for (size_t m = 0; m < M; m++) {
+            float acc = 0.0f;
+            for (int sl = 0; sl < SD_IGEMM_DW_SLOTS; sl++) acc += slots[(size_t)sl * kp * M + k * M + m];
+            p->dw[m * K + k] += acc;
+        }
 #else
     (void)p, (void)scratch, (void)threads;
 #endif
