@@ -633,6 +633,7 @@ void sd__igemm_dw_run(const sd_igemm_dw *p, float *scratch, int threads)
         dw_rows(p, masks, k0, k1, c0, c1, panel, dyb, dyt, dwt, pc, seg, smask);
     }
     /* dw[m][k] += (slot 0 + slot 1)[k][m], in slot order */
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (size_t k = 0; k < K; k++)
         for (size_t m = 0; m < M; m++) {
             float acc = 0.0f;
