@@ -5,7 +5,7 @@
 # and reports bits/dim on 32 test images. Everything goes under $RUN
 # (default runs/quickstart); the paths are printed at the end.
 #
-# Tunables (environment): STEPS (default 1200: ~6 minutes in all on 2 cores),
+# Tunables (environment): STEPS (default 1200: ~4 minutes in all on 2 cores),
 # TRAIN_IMAGES (5000), RUN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
