@@ -14,8 +14,12 @@
  * can do, measured the same way on both sides. The last rows weight every
  * shape by how often unet-28 uses it (its share of a training step's convs).
  *
- * Usage: bench_conv [--cpu] [--only TEXT] [batch]   (default 64; ~1 minute)
+ * Usage: bench_conv [--cpu] [--only TEXT] [--rounds R] [batch]   (default 64; ~3 minutes)
  *   --only TEXT  just the shapes whose description contains TEXT
+ *   --rounds R   measure every shape R times (default 1), interleaved with the
+ *                other shapes, and keep the fastest conv and the fastest sgemm
+ *                over the rounds: a slow phase of a shared host (seconds long,
+ *                longer than one shape's runs) then spoils at most one round
  *   --cpu  one thread only, timed by process CPU time instead of the wall
  *          clock: on a machine shared with other jobs the wall clock of a
  *          thread that is descheduled counts the other jobs' time too, and
@@ -215,19 +219,22 @@ int main(int argc, char **argv)
     sd_blas_restart_if_generic(argv);
     int arg = 1;
     const char *only = NULL;
+    int rounds = 1;
     for (; arg < argc && argv[arg][0] == '-'; arg++) {
         if (strcmp(argv[arg], "--cpu") == 0) {
             use_cpu_time = true;
         } else if (strcmp(argv[arg], "--only") == 0 && arg + 1 < argc) {
             only = argv[++arg];
+        } else if (strcmp(argv[arg], "--rounds") == 0 && arg + 1 < argc && atoi(argv[arg + 1]) >= 1) {
+            rounds = atoi(argv[++arg]);
         } else {
-            fprintf(stderr, "usage: bench_conv [--cpu] [--only TEXT] [batch >= 1]\n");
+            fprintf(stderr, "usage: bench_conv [--cpu] [--only TEXT] [--rounds R] [batch >= 1]\n");
             return EXIT_FAILURE;
         }
     }
     int batch = arg < argc ? atoi(argv[arg]) : 64;
     if (batch < 1) {
-        fprintf(stderr, "usage: bench_conv [--cpu] [--only TEXT] [batch >= 1]\n");
+        fprintf(stderr, "usage: bench_conv [--cpu] [--only TEXT] [--rounds R] [batch >= 1]\n");
         return EXIT_FAILURE;
     }
     int max_thr = use_cpu_time ? 1 : 2;
@@ -239,17 +246,35 @@ int main(int argc, char **argv)
     char blas[256];
     sd_blas_describe(blas, sizeof blas);
     printf("BLAS: %s\n", blas);
-    printf("sd_conv2d vs one whole-batch cblas_sgemm, batch %d, GFLOP/s (fastest of >= %d runs, >= %.1f s each, %s)\n",
-           batch, MIN_REPS, MIN_SECONDS, use_cpu_time ? "CPU time" : "wall clock");
+    printf("sd_conv2d vs one whole-batch cblas_sgemm, batch %d, GFLOP/s (fastest of >= %d runs, >= %.1f s each, "
+           "%d round(s), %s)\n",
+           batch, MIN_REPS, MIN_SECONDS, rounds, use_cpu_time ? "CPU time" : "wall clock");
     printf("%-32s %-20s %3s %3s %7s %7s %7s %6s %6s\n", "shape", "Cin>Cout KxK/s @HW", "n", "thr",
            "fwd", "bwd", "sgemm", "f/sg", "b/sg");
     double tot[3][3] = {{0}}; /* [threads][fwd, bwd, gemm] seconds weighted by count */
     double tot_flops = 0.0;
+    static result best[N_SHAPES][3];
+    for (int round = 0; round < rounds; round++)
+        for (int i = 0; i < N_SHAPES; i++) {
+            if (only && !strstr(shapes[i].what, only)) continue;
+            for (int thr = 1; thr <= max_thr; thr++) {
+                result r = run_shape(&shapes[i], batch, thr);
+                result *b = &best[i][thr];
+                if (round == 0) {
+                    *b = r;
+                } else {
+                    if (r.fwd < b->fwd) b->fwd = r.fwd;
+                    if (r.bwd < b->bwd) b->bwd = r.bwd;
+                    if (r.gemm < b->gemm) b->gemm = r.gemm;
+                }
+            }
+            if (rounds > 1) fprintf(stderr, "round %d/%d: %s\n", round + 1, rounds, shapes[i].what);
+        }
     for (int i = 0; i < N_SHAPES; i++) {
         const shape *s = &shapes[i];
         if (only && !strstr(s->what, only)) continue;
         for (int thr = 1; thr <= max_thr; thr++) {
-            result r = run_shape(s, batch, thr);
+            result r = best[i][thr];
             char geo[32];
             snprintf(geo, sizeof geo, "%d>%d %dx%d/%d @%d", s->cin, s->cout, s->k, s->k, s->stride,
                      s->hw);
@@ -261,7 +286,6 @@ int main(int argc, char **argv)
             tot[thr][1] += s->count * r.bwd;
             tot[thr][2] += s->count * r.gemm;
             if (thr == 1) tot_flops += s->count * r.flops;
-            fflush(stdout);
         }
     }
     for (int thr = 1; thr <= max_thr; thr++) {
