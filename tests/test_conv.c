@@ -498,6 +498,31 @@ START_TEST(test_arena_reuse)
 }
 END_TEST
 
+/* The same for the implicit-GEMM path (8 -> 16 channels, stride 1 and 2):
+ * its scratch comes from the arena too. */
+START_TEST(test_arena_reuse_kernel)
+{
+    static float x[2 * 8 * 10 * 10], w[16 * 8 * 3 * 3], dw[16 * 8 * 3 * 3], dx[2 * 8 * 10 * 10];
+    unsigned seed = 5;
+    fill(x, sizeof x / sizeof *x, &seed);
+    fill(w, sizeof w / sizeof *w, &seed);
+    for (int stride = 1; stride <= 2; stride++) {
+        sd_graph *g = sd_graph_new();
+        uint64_t before = 0;
+        for (int step = 0; step < 3; step++) {
+            if (step == 1) before = sd_alloc_count();
+            sd_graph_reset(g);
+            sd_tensor *tx = sd_tensor_wrap(g, 4, (int[]){2, 8, 10, 10}, x, dx);
+            sd_tensor *tw = sd_tensor_wrap(g, 4, (int[]){16, 8, 3, 3}, w, dw);
+            sd_tensor *y = sd_conv2d(g, tx, tw, NULL, stride, 1);
+            ck_assert_int_eq(sd_graph_backward(g, y, NULL), SD_OK);
+        }
+        ck_assert_uint_eq(sd_alloc_count(), before);
+        sd_graph_free(g);
+    }
+}
+END_TEST
+
 /* ---- error paths ---------------------------------------------------------- */
 
 static void expect_fail(sd_tensor *t, const char *what)
@@ -561,6 +586,7 @@ int main(void)
     tcase_add_loop_test(tv, test_kernel_reference, 0,
                         (int)(sizeof kernel_cases / sizeof kernel_cases[0]));
     tcase_add_test(tv, test_arena_reuse);
+    tcase_add_test(tv, test_arena_reuse_kernel);
     tcase_add_test(tv, test_errors);
     tcase_set_timeout(tv, 240);
     suite_add_tcase(s, tv);
