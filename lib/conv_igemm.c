@@ -64,9 +64,8 @@ void sd__igemm_enable(bool on) { igemm_enabled = on; }
 bool sd__igemm_available(void)
 {
 #if SD_IGEMM_X86
-    static int cpu = -1; /* racy but idempotent: every thread computes the same */
-    if (cpu < 0) cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-    return igemm_enabled && cpu;
+    /* reads cpuid results libgcc saved at start-up: cheap, and no shared cache to race on */
+    return igemm_enabled && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
 #else
     return false;
 #endif

@@ -149,8 +149,7 @@ static void forward_rows(const conv_geom *g, ig_rows r)
         }
 }
 
-/* Fills b (and, for stride > 1, the phase planes of every image in ph,
- * ph_floats(g) floats) for the forward product's B. */
+/* Floats of the phase planes of every image (strides > 2 only). */
 static size_t ph_floats(const conv_geom *g)
 {
     return g->s > 2 ? (size_t)g->N * (size_t)g->Cin * (size_t)(g->s * g->s) * (size_t)g->Hp *
@@ -158,11 +157,19 @@ static size_t ph_floats(const conv_geom *g)
                     : 0;
 }
 
+/* The forward product's B without its rows and source (enough to size
+ * scratch), and the whole of it: rows, and for stride > 2 the phase planes
+ * of every image in ph (ph_floats(g) floats). */
+static sd_igemm_b forward_b_dims(const conv_geom *g)
+{
+    return (sd_igemm_b){.K = g->CKK, .grid_h = g->Ho, .grid_w = g->Wo, .n_img = g->N,
+                        .ntaps = g->K * g->K};
+}
+
 static sd_igemm_b forward_b(const conv_geom *g, const float *x, ig_rows r, float *ph, int nt)
 {
-    sd_igemm_b b = {.K = g->CKK, .grid_h = g->Ho, .grid_w = g->Wo, .n_img = g->N,
-                    .ntaps = g->K * g->K, .row_off = r.off, .row_tap = r.tap,
-                    .rect = (const int(*)[4])r.rect};
+    sd_igemm_b b = forward_b_dims(g);
+    b.row_off = r.off, b.row_tap = r.tap, b.rect = (const int(*)[4])r.rect;
     forward_rows(g, r);
     if (g->s == 2) {
         /* Stride 2 reads x directly (two loads and a permute per output
@@ -191,9 +198,7 @@ sd_status sd__conv_igemm_forward(sd_graph *gr, const conv_geom *g, const float *
                                     const float *w, const float *bias, float *y)
 {
     int nt = igemm_threads(g);
-    sd_igemm p = {.b = {.K = g->CKK, .grid_h = g->Ho, .grid_w = g->Wo, .n_img = g->N,
-                        .ntaps = g->K * g->K},
-                  .M = g->Cout, .A = w, .lda = g->CKK, .out = y,
+    sd_igemm p = {.b = forward_b_dims(g), .M = g->Cout, .A = w, .lda = g->CKK, .out = y,
                   .out_img = (size_t)g->Cout * (size_t)g->HoWo, .out_ch = (size_t)g->HoWo,
                   .bias = bias, .accumulate = false};
     size_t rows_n = ig_rows_floats(g->CKK, g->K * g->K), ph_n = ph_floats(g);
@@ -209,9 +214,8 @@ sd_status sd__conv_igemm_dw(sd_graph *gr, const conv_geom *g, const float *x, co
                                float *dw)
 {
     int nt = igemm_threads(g);
-    sd_igemm_dw p = {.b = {.K = g->CKK, .grid_h = g->Ho, .grid_w = g->Wo, .n_img = g->N,
-                           .ntaps = g->K * g->K},
-                     .M = g->Cout, .dy = dy, .dy_img = (size_t)g->Cout * (size_t)g->HoWo,
+    sd_igemm_dw p = {.b = forward_b_dims(g), .M = g->Cout, .dy = dy,
+                     .dy_img = (size_t)g->Cout * (size_t)g->HoWo,
                      .dy_ch = (size_t)g->HoWo, .dw = dw};
     size_t rows_n = ig_rows_floats(g->CKK, g->K * g->K), ph_n = ph_floats(g);
     float *mem = sd_graph_alloc_floats(gr, rows_n + ph_n + sd__igemm_dw_scratch_floats(&p, nt));

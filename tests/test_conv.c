@@ -144,25 +144,46 @@ static void fill(float *p, size_t n, unsigned *s)
     for (size_t i = 0; i < n; i++) p[i] = 2.0f * (float)lcg(s) / (float)(1u << 24) - 1.0f;
 }
 
-static void naive_conv(const conv_case *c, const float *x, const float *w, const float *b,
-                       double *y, int Ho, int Wo)
+/* The convolution naively in double: y (if non-NULL) and, for cotangent dy
+ * (if non-NULL), dx, dw, db. One loop nest over every (output, tap) pair. */
+static void naive_conv_all(const conv_case *c, const float *x, const float *w, const float *b,
+                           const float *dy, double *y, double *dx, double *dw, double *db, int Ho,
+                           int Wo)
 {
+    if (dy) {
+        memset(dx, 0, (size_t)c->N * c->Cin * c->H * c->W * sizeof *dx);
+        memset(dw, 0, (size_t)c->Cout * c->Cin * c->K * c->K * sizeof *dw);
+        memset(db, 0, (size_t)c->Cout * sizeof *db);
+    }
     for (int n = 0; n < c->N; n++)
         for (int co = 0; co < c->Cout; co++)
             for (int oy = 0; oy < Ho; oy++)
                 for (int ox = 0; ox < Wo; ox++) {
-                    double acc = b ? b[co] : 0.0;
+                    size_t yi = ((size_t)(n * c->Cout + co) * Ho + oy) * Wo + ox;
+                    double acc = b ? b[co] : 0.0, g = dy ? dy[yi] : 0.0;
+                    if (dy) db[co] += g;
                     for (int ci = 0; ci < c->Cin; ci++)
                         for (int ki = 0; ki < c->K; ki++)
                             for (int kj = 0; kj < c->K; kj++) {
                                 int iy = oy * c->stride - c->pad + ki;
                                 int ix = ox * c->stride - c->pad + kj;
                                 if (iy < 0 || iy >= c->H || ix < 0 || ix >= c->W) continue;
-                                acc += (double)x[((n * c->Cin + ci) * c->H + iy) * c->W + ix] *
-                                       w[((co * c->Cin + ci) * c->K + ki) * c->K + kj];
+                                size_t xi = ((size_t)(n * c->Cin + ci) * c->H + iy) * c->W + ix;
+                                size_t wi = ((size_t)(co * c->Cin + ci) * c->K + ki) * c->K + kj;
+                                acc += (double)x[xi] * w[wi];
+                                if (dy) {
+                                    dx[xi] += g * w[wi];
+                                    dw[wi] += g * x[xi];
+                                }
                             }
-                    y[((n * c->Cout + co) * Ho + oy) * Wo + ox] = acc;
+                    if (y) y[yi] = acc;
                 }
+}
+
+static void naive_conv(const conv_case *c, const float *x, const float *w, const float *b,
+                       double *y, int Ho, int Wo)
+{
+    naive_conv_all(c, x, w, b, NULL, y, NULL, NULL, NULL, Ho, Wo);
 }
 
 static const conv_case forward_cases[] = {
@@ -174,34 +195,6 @@ static const conv_case forward_cases[] = {
     {2, 16, 12, 28, 28, 3, 1, 1, true}, {2, 3, 4, 10, 11, 3, 3, 1, true},
     {2, 3, 4, 9, 10, 5, 2, 2, true},    {2, 3, 4, 8, 8, 2, 2, 0, true},
 };
-
-/* dx, dw, db of the convolution for cotangent dy, naively in double. */
-static void naive_conv_backward(const conv_case *c, const float *x, const float *w,
-                                const float *dy, double *dx, double *dw, double *db, int Ho,
-                                int Wo)
-{
-    memset(dx, 0, (size_t)c->N * c->Cin * c->H * c->W * sizeof *dx);
-    memset(dw, 0, (size_t)c->Cout * c->Cin * c->K * c->K * sizeof *dw);
-    memset(db, 0, (size_t)c->Cout * sizeof *db);
-    for (int n = 0; n < c->N; n++)
-        for (int co = 0; co < c->Cout; co++)
-            for (int oy = 0; oy < Ho; oy++)
-                for (int ox = 0; ox < Wo; ox++) {
-                    double g = dy[((n * c->Cout + co) * Ho + oy) * Wo + ox];
-                    db[co] += g;
-                    for (int ci = 0; ci < c->Cin; ci++)
-                        for (int ki = 0; ki < c->K; ki++)
-                            for (int kj = 0; kj < c->K; kj++) {
-                                int iy = oy * c->stride - c->pad + ki;
-                                int ix = ox * c->stride - c->pad + kj;
-                                if (iy < 0 || iy >= c->H || ix < 0 || ix >= c->W) continue;
-                                size_t xi = ((size_t)(n * c->Cin + ci) * c->H + iy) * c->W + ix;
-                                size_t wi = ((size_t)(co * c->Cin + ci) * c->K + ki) * c->K + kj;
-                                dx[xi] += g * w[wi];
-                                dw[wi] += g * x[xi];
-                            }
-                }
-}
 
 /* ---- fused GroupNorm + SiLU + conv2d (ops_fused.c) ------------------------ */
 
@@ -367,8 +360,7 @@ static void kernel_case(const conv_case *c, bool kernel_on, int index)
     fill(w, nw, &seed);
     fill(b, (size_t)c->Cout, &seed);
     fill(dy, ny, &seed);
-    naive_conv(c, x, w, c->bias ? b : NULL, ry, Ho, Wo);
-    naive_conv_backward(c, x, w, dy, rdx, rdw, rdb, Ho, Wo);
+    naive_conv_all(c, x, w, c->bias ? b : NULL, dy, ry, rdx, rdw, rdb, Ho, Wo);
 
     sd__igemm_enable(kernel_on);
     sd_graph *g = sd_graph_new();
