@@ -31,10 +31,16 @@ const char *sd_error_message(void)
 
 sd_status sd_error(sd_status st, const char *fmt, ...)
 {
+    /* Format into a scratch buffer first: callers often pass the previous
+     * message as an argument (`sd_error(st, "%s: %s", path,
+     * sd_error_message())`), and vsnprintf into the buffer it reads from is
+     * undefined (C11 7.21.6.5: copying between overlapping objects). */
+    char scratch[sizeof sd_last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(sd_last_error, sizeof sd_last_error, fmt, ap);
+    vsnprintf(scratch, sizeof scratch, fmt, ap);
     va_end(ap);
+    memcpy(sd_last_error, scratch, sizeof scratch);
     return st;
 }
 

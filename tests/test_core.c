@@ -102,6 +102,21 @@ START_TEST(test_backward_requires_record)
 }
 END_TEST
 
+/* Issue 12 item 7: a message that wraps the previous one (the common
+ * `sd_error(st, "%s: %s", path, sd_error_message())`) must read its argument
+ * before overwriting the buffer; formatting in place garbled it. */
+START_TEST(test_error_wraps_previous_message)
+{
+    sd_error(SD_ERR_IO, "inner problem %d", 42);
+    ck_assert_int_eq(sd_error(SD_ERR_FORMAT, "%s: %s", "file.png", sd_error_message()),
+                     SD_ERR_FORMAT);
+    ck_assert_str_eq(sd_error_message(), "file.png: inner problem 42");
+    sd_error(SD_ERR_IO, "x");
+    sd_error(SD_ERR_IO, "%s%s%s", sd_error_message(), sd_error_message(), sd_error_message());
+    ck_assert_str_eq(sd_error_message(), "xxx");
+}
+END_TEST
+
 START_TEST(test_alloc_errors)
 {
     ck_assert_ptr_null(sd_calloc(SIZE_MAX / 2, 4));
@@ -123,6 +138,7 @@ int main(void)
     tcase_add_test(tc, test_backward_recycles_gradients);
     tcase_add_test(tc, test_backward_requires_record);
     tcase_add_test(tc, test_alloc_errors);
+    tcase_add_test(tc, test_error_wraps_previous_message);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
