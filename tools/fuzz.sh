@@ -4,6 +4,10 @@
 #   tools/fuzz.sh HARNESS [SECONDS]      e.g. tools/fuzz.sh safetensors 600
 #   tools/fuzz.sh --list
 #
+# Harnesses: safetensors (checkpoint reader), image (image decoder and
+# preparation), csv (point loader), cli (train --dry-run and info on generated
+# files, in process).
+#
 # Each harness is compiled with clang -fsanitize=fuzzer,address,undefined
 # directly from its sources (not through meson) into a separate build dir,
 # $FUZZ_BUILD_DIR (default: build-fuzz/ at the repository root, git-ignored).
@@ -18,7 +22,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-harnesses="safetensors image"
+harnesses="safetensors image csv cli"
 
 usage() {
     echo "usage: $0 HARNESS [SECONDS]   (harnesses: $harnesses)" >&2
@@ -32,6 +36,8 @@ secs=${2:-60}
 [[ "$secs" =~ ^[0-9]+$ ]] || usage
 
 dict=""
+cflags=""
+fuzz_args=()
 case "$name" in
 safetensors)
     srcs="tests/fuzz/fuzz_safetensors.c lib/safetensors.c lib/status.c"
@@ -41,6 +47,17 @@ safetensors)
 image)
     srcs="tests/fuzz/fuzz_image.c lib/stb_image_impl.c lib/data_image.c lib/data_csv.c lib/status.c"
     libs="zlib"
+    ;;
+csv)
+    srcs="tests/fuzz/fuzz_csv.c lib/data_csv.c lib/data_image.c lib/stb_image_impl.c lib/status.c"
+    libs="zlib"
+    ;;
+cli)
+    # the whole program but its main(): every library, model, sampler and command source
+    srcs="tests/fuzz/fuzz_cli.c $(ls lib/*.c models/*.c samplers/*.c tools/cli.c tools/cmd_*.c tools/train_loop.c)"
+    libs="openblas fftw3f libcjson lapacke zlib"
+    cflags="-fopenmp -Wno-pass-failed -Itools -Imodels -Isamplers"
+    fuzz_args=(-close_fd_mask=3)
     ;;
 *)
     echo "$0: unknown harness '$name'" >&2
@@ -57,12 +74,13 @@ cd "$root"
 # shellcheck disable=SC2086,SC2046 # word splitting of the source and flag lists is intended
 clang -std=c11 -g -O1 -fno-omit-frame-pointer \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ilib/include \
+    -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ilib/include $cflags \
     $srcs $(pkg-config --cflags --libs $libs) -lm -o "$bin"
 
 args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1
       -artifact_prefix="$out/artifacts-$name/")
 [ -n "$dict" ] && args+=(-dict="$root/$dict")
+args+=("${fuzz_args[@]}")
 corpora=("$out/corpus-$name")
 [ -d "$seeds" ] && corpora+=("$seeds")
 
@@ -71,7 +89,9 @@ status=0
 "$bin" "${args[@]}" "${corpora[@]}" >"$log" 2>&1 || status=$?
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
 tail -n 4 "$log" | grep -v '^stat::' || true
-echo "fuzz $name: ${execs:-0} executions in ${secs}s, corpus $(find "$out/corpus-$name" -type f | wc -l) files, log $log"
+# libFuzzer's last status line: edges covered (cov) and features (ft)
+cov=$(grep -E '^#[0-9]+' "$log" | tail -n 1 | sed -n 's/.*\(cov: [0-9]* ft: [0-9]*\).*/\1/p')
+echo "fuzz $name: ${execs:-0} executions in ${secs}s, ${cov:-cov: ?}, corpus $(find "$out/corpus-$name" -type f | wc -l) files, log $log"
 if [ "$status" -ne 0 ]; then
     echo "fuzz $name: FAILED (exit $status); artifacts in $out/artifacts-$name/" >&2
     grep -m 5 -E 'ERROR|SUMMARY|Test unit written' "$log" >&2 || true
