@@ -65,7 +65,10 @@ typedef struct run {
     sd_trainer *t;
 } run;
 
-static float pattern(int section, size_t i) { return (float)(section + 1) * 1e-3f * (float)(i % 997) - 0.5f; }
+static float pattern(int section, size_t i)
+{
+    return (float)(section + 1) * 1e-3f * (float)(i % 997) - 0.5f;
+}
 
 static run make_run(int dim)
 {
@@ -613,10 +616,12 @@ START_TEST(test_refuse_mismatched_config)
 {
     run r = save_both();
     REWRITE("train.pt", "dim3.pt", f,
-            ck_meta(&f, "model_config", "{\"model\":\"mlp\",\"dim\":3,\"hidden\":128,\"layers\":3}"));
+            ck_meta(&f, "model_config",
+                    "{\"model\":\"mlp\",\"dim\":3,\"hidden\":128,\"layers\":3}"));
     refuse_model(P("dim3.pt"), true, SD_ERR_FORMAT, "does not match");
     REWRITE("train.pt", "hidden.pt", f,
-            ck_meta(&f, "model_config", "{\"model\":\"mlp\",\"dim\":2,\"hidden\":256,\"layers\":3}"));
+            ck_meta(&f, "model_config",
+                    "{\"model\":\"mlp\",\"dim\":2,\"hidden\":256,\"layers\":3}"));
     refuse_model(P("hidden.pt"), true, SD_ERR_FORMAT, "hidden 256");
     /* The run is built for 3-D data; the checkpoint is of 2-D data. */
     refuse_trainer(P("train.pt"), 3, SD_ERR_FORMAT, "differs from this run's");
