@@ -588,6 +588,13 @@ static double row_sum(const float *d, size_t n)
     return total;
 }
 
+/* Path counts of this thread (conv_igemm.h): one increment per product. */
+static _Thread_local sd_conv_paths conv_paths;
+
+sd_conv_paths sd__conv_paths(void) { return conv_paths; }
+void sd__conv_paths_reset(void) { memset(&conv_paths, 0, sizeof conv_paths); }
+static inline void note_path(sd_conv_dir d, sd_conv_path p) { conv_paths.n[d][p]++; }
+
 /* Forward expression being differentiated, per image n:
  *     y_n[Cout,HoWo] = w[Cout,CKK] col_n[CKK,HoWo] + b[Cout]
  * Given dy_n = dL/dy_n:
@@ -598,13 +605,6 @@ static double row_sum(const float *d, size_t n)
  * as the equivalent transposed convolution (dx_transposed: per phase plane
  * [Cin, Cout*nt_P] x [Cout*nt_P, Hp*Wp]). A chunk of cnt images is handled
  * as one GEMM with HoWo -> cnt*HoWo. */
-/* Path counts of this thread (conv_igemm.h): one increment per product. */
-static _Thread_local sd_conv_paths conv_paths;
-
-sd_conv_paths sd__conv_paths(void) { return conv_paths; }
-void sd__conv_paths_reset(void) { memset(&conv_paths, 0, sizeof conv_paths); }
-static inline void note_path(sd_conv_dir d, sd_conv_path p) { conv_paths.n[d][p]++; }
-
 static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
 {
     sd_tensor *x = out->src[0], *w = out->src[1], *b = out->src[2];
