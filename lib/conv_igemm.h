@@ -30,6 +30,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Forward: columns per strip (three 16-float vectors), rows per micro-tile. */
 #define SD_IGEMM_NR 48
@@ -79,6 +80,20 @@ size_t sd__igemm_scratch_floats(const sd_igemm *p, int threads);
 void sd__igemm_run(const sd_igemm *p, float *scratch, int threads);
 size_t sd__igemm_dw_scratch_floats(const sd_igemm_dw *p, int threads);
 void sd__igemm_dw_run(const sd_igemm_dw *p, float *scratch, int threads);
+
+/* Which path each conv2d product took (ops_conv.c), so that tests can
+ * assert that the kernels ran rather than infer it: counts of forward, dx
+ * and dw products by path, for products started on the calling thread since
+ * its last reset. A product is counted once per op call when its path is
+ * chosen (one thread-local increment; nothing in the loops). The fused
+ * GroupNorm+SiLU+conv op counts as a convolution. */
+typedef enum sd_conv_dir { SD_CONV_FORWARD, SD_CONV_DX, SD_CONV_DW, SD_CONV_NDIR } sd_conv_dir;
+typedef enum sd_conv_path { SD_CONV_IM2COL, SD_CONV_IGEMM, SD_CONV_NPATH } sd_conv_path;
+typedef struct sd_conv_paths {
+    uint64_t n[SD_CONV_NDIR][SD_CONV_NPATH];
+} sd_conv_paths;
+sd_conv_paths sd__conv_paths(void);
+void sd__conv_paths_reset(void);
 
 /* Stride-2 phase helpers (AVX-512 when sd__igemm_available): split n
  * floats into even[(n+1)/2] and odd[n/2], and the adjoint, dst[j] +=

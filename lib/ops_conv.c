@@ -45,6 +45,7 @@
  * on one core; batches are what feed the cores.
  */
 #include "conv_geom.h"
+#include "conv_igemm.h"
 #include "ops_internal.h"
 #include "sd/gemm.h"
 #include "sd/ops.h"
@@ -587,6 +588,13 @@ static double row_sum(const float *d, size_t n)
     return total;
 }
 
+/* Path counts of this thread (conv_igemm.h): one increment per product. */
+static _Thread_local sd_conv_paths conv_paths;
+
+sd_conv_paths sd__conv_paths(void) { return conv_paths; }
+void sd__conv_paths_reset(void) { memset(&conv_paths, 0, sizeof conv_paths); }
+static inline void note_path(sd_conv_dir d, sd_conv_path p) { conv_paths.n[d][p]++; }
+
 /* Forward expression being differentiated, per image n:
  *     y_n[Cout,HoWo] = w[Cout,CKK] col_n[CKK,HoWo] + b[Cout]
  * Given dy_n = dL/dy_n:
@@ -622,6 +630,7 @@ static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
     if (!need_dx && !need_dw) return SD_OK;
 
     if (need_dx && sd__conv_igemm_ok(&g, g.Cin)) {
+        note_path(SD_CONV_DX, SD_CONV_IGEMM);
         sd_arena_mark mark = sd__arena_mark(gr);
         sd_status st = sd__conv_igemm_dx(gr, &g, dy, w->data, x->grad);
         sd__arena_rewind(gr, mark);
@@ -629,6 +638,7 @@ static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
         need_dx = false;
     }
     if (need_dw && sd__conv_igemm_dw_ok(&g)) {
+        note_path(SD_CONV_DW, SD_CONV_IGEMM);
         sd_arena_mark mark = sd__arena_mark(gr);
         sd_status st = sd__conv_igemm_dw(gr, &g, x->data, dy, w->grad);
         sd__arena_rewind(gr, mark);
@@ -636,6 +646,8 @@ static sd_status conv2d_backward(sd_graph *gr, sd_tensor *out)
         need_dw = false;
     }
     if (!need_dx && !need_dw) return SD_OK;
+    if (need_dx) note_path(SD_CONV_DX, SD_CONV_IM2COL);
+    if (need_dw) note_path(SD_CONV_DW, SD_CONV_IM2COL);
     int slots = g.chunks < SD_CONV_SLOTS ? g.chunks : SD_CONV_SLOTS;
     double macs = (double)g.N * g.Cout * g.HoWo * g.CKK * (need_dx + need_dw);
     int nt = conv_threads(macs, slots);
@@ -761,11 +773,13 @@ sd_status sd__conv2d_forward_into(sd_graph *gr, const sd_tensor *x, const sd_ten
     conv_geom g;
     geom_init(&g, x, w, stride, pad);
     if (sd__conv_igemm_ok(&g, g.Cout)) {
+        note_path(SD_CONV_FORWARD, SD_CONV_IGEMM);
         sd_arena_mark mark = sd__arena_mark(gr);
         sd_status st = sd__conv_igemm_forward(gr, &g, x->data, w->data, b ? b->data : NULL, y_out);
         sd__arena_rewind(gr, mark);
         return st;
     }
+    note_path(SD_CONV_FORWARD, SD_CONV_IM2COL);
     size_t img_y = (size_t)g.Cout * (size_t)g.HoWo;
     size_t sz[SC_N], per_thread = scratch_sizes(&g, !(g.direct && g.nb == 1), false, sz);
     int nt = conv_threads((double)g.N * g.Cout * g.HoWo * g.CKK, g.chunks);

@@ -1,6 +1,7 @@
 /* params.c - named parameters in one flat buffer; see params.h. */
 #include "sd/params.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "sd/rng.h"
@@ -44,6 +45,13 @@ static int params_add(sd_params *p, const char *name, int ndim, const int *shape
             sd_error(SD_ERR_INVALID, "params: '%s' has a bad dimension %d", name, shape[i]);
             return -1;
         }
+    }
+    /* The flat array's length must not wrap: offsets past it would point
+     * outside the allocation. */
+    if (numel > SIZE_MAX - p->total) {
+        sd_error(SD_ERR_INVALID, "params: '%s' (%zu floats) makes the total overflow", name,
+                 numel);
+        return -1;
     }
     if (p->count == p->cap) {
         size_t ncap = p->cap ? p->cap * 2 : 64;

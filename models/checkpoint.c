@@ -2,6 +2,7 @@
 #include "checkpoint.h"
 
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -113,11 +114,13 @@ static sd_status read_meta(const sd_safetensors *f, const char *path, sd_ckpt_me
     const char *tr = sd_safetensors_meta(f, "data_transform"), *tj = sd_safetensors_meta(f, "train");
     char *end;
     errno = 0;
+    /* Digits only: strtoll takes "" as 0 and strtoull wraps "-5". */
     meta->step = step ? strtoll(step, &end, 10) : -1;
-    if (!step || *end || errno || meta->step < 0)
+    if (!step || !isdigit((unsigned char)step[0]) || *end || errno || meta->step < 0)
         return sd_error(SD_ERR_FORMAT, "%s: bad or missing step in metadata", path);
     meta->seed = seed ? strtoull(seed, &end, 10) : 0;
-    if (!seed || *end || errno) return sd_error(SD_ERR_FORMAT, "%s: bad or missing seed", path);
+    if (!seed || !isdigit((unsigned char)seed[0]) || *end || errno)
+        return sd_error(SD_ERR_FORMAT, "%s: bad or missing seed", path);
     meta->batch = batch ? atoi(batch) : 0;
     snprintf(meta->data_transform, sizeof meta->data_transform, "%s", tr ? tr : "identity");
     snprintf(meta->train_json, sizeof meta->train_json, "%s", tj ? tj : "{}");
@@ -142,6 +145,20 @@ static sd_status load_section(const sd_safetensors *f, const char *path, const s
         if (st != SD_OK) return st;
     }
     return SD_OK;
+}
+
+/* Check sections [0, sections) of every parameter (presence, dtype, shape,
+ * finite values) through a scratch copy: a load that copies one section
+ * still refuses a file whose other sections are damaged (checkpoint.h). */
+static sd_status check_sections(const sd_safetensors *f, const char *path, const sd_params *p,
+                                int sections)
+{
+    float *scratch = sd_malloc(p->total * sizeof(float));
+    if (!scratch) return SD_ERR_NOMEM;
+    sd_status st = SD_OK;
+    for (int s = 0; s < sections && st == SD_OK; s++) st = load_section(f, path, p, s, scratch);
+    sd_free(scratch);
+    return st;
 }
 
 static sd_status check_no_extra(const sd_safetensors *f, const char *path, const sd_params *p,
@@ -199,6 +216,7 @@ sd_status sd_checkpoint_load_model(const char *path, bool use_ema, sd_model **ou
         goto fail;
     }
     bool has_ema = n == m->params->count * N_SECTIONS;
+    if ((st = check_sections(f, path, m->params, has_ema ? N_SECTIONS : 1)) != SD_OK) goto fail;
     st = load_section(f, path, m->params, use_ema && has_ema ? SECTION_EMA : SECTION_MODEL,
                       m->params->data);
     if (st != SD_OK) goto fail;

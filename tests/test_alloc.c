@@ -8,6 +8,7 @@
  * library counter is used.) */
 #include <check.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -159,5 +160,8 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    if (!SD_TEST_INTERPOSE) /* the reduced part, said rather than passed silently */
+        printf("SKIPPED PART: sanitizer build: ASan owns malloc, so the process-wide malloc "
+               "interposer is off and only the library's own allocation counter was checked\n");
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -11,9 +11,12 @@
 #include <check.h>
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../lib/conv_igemm.h"
 #include "gradcheck.h"
 #include "sd/ops.h"
 
@@ -310,13 +313,41 @@ END_TEST
 
 /* ---- the implicit-GEMM kernel against the reference, on and off ---------- */
 
-/* lib/conv_igemm.h (internal): the kernel runs where the CPU has AVX-512F. */
-bool sd__igemm_available(void);
-void sd__igemm_enable(bool on);
+/* The kernel runs where the CPU has AVX-512F and FMA (lib/conv_igemm.h,
+ * internal: sd__igemm_enable, sd__igemm_available, sd__conv_paths). Decided
+ * here from the CPU itself, so that a library that never takes the kernel
+ * cannot pass by agreeing with itself. */
+static bool cpu_has_kernel(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+static const char *path_name(sd_conv_path p) { return p == SD_CONV_IGEMM ? "kernel" : "im2col"; }
+
+/* Since the last sd__conv_paths_reset: direction d ran `runs` times, all on
+ * path p (runs 0: not at all). */
+static void expect_path(sd_conv_dir d, sd_conv_path p, uint64_t runs, const char *what)
+{
+    static const char *dir_name[] = {"forward", "dx", "dw"};
+    sd_conv_paths got = sd__conv_paths();
+    sd_conv_path other = p == SD_CONV_IGEMM ? SD_CONV_IM2COL : SD_CONV_IGEMM;
+    ck_assert_msg(got.n[d][p] == runs && got.n[d][other] == 0,
+                  "%s: %s expected %llu run(s) on the %s path, got %llu %s and %llu %s", what,
+                  dir_name[d], (unsigned long long)runs, path_name(p),
+                  (unsigned long long)got.n[d][p], path_name(p),
+                  (unsigned long long)got.n[d][other], path_name(other));
+}
 
 /* Channel counts that are multiples of 8, so that the kernel takes them:
  * every planar geometry it handles, strips crossing image boundaries (tiny
- * planes), 1-pixel planes, and several column blocks per call. */
+ * planes), 1-pixel planes, and several column blocks per call. With the
+ * kernel on and an AVX-512F CPU, every forward runs on the kernel, dx where
+ * Cin is a multiple of 8 and dw where Cout is a multiple of 16 and
+ * Cin*K*K >= 64 (ops_conv_igemm.c); kernel_case asserts exactly that. */
 static const conv_case kernel_cases[] = {
     {3, 8, 16, 7, 9, 3, 1, 1, true},   /* stride 1, odd sizes */
     {2, 16, 8, 5, 5, 1, 1, 0, true},   /* 1x1 */
@@ -363,6 +394,7 @@ static void kernel_case(const conv_case *c, bool kernel_on, int index)
     naive_conv_all(c, x, w, c->bias ? b : NULL, dy, ry, rdx, rdw, rdb, Ho, Wo);
 
     sd__igemm_enable(kernel_on);
+    sd__conv_paths_reset();
     sd_graph *g = sd_graph_new();
     sd_tensor *tx = sd_tensor_wrap(g, 4, (int[]){c->N, c->Cin, c->H, c->W}, x, dx);
     sd_tensor *tw = sd_tensor_wrap(g, 4, (int[]){c->Cout, c->Cin, c->K, c->K}, w, dw);
@@ -371,7 +403,18 @@ static void kernel_case(const conv_case *c, bool kernel_on, int index)
     ck_assert_msg(y != NULL, "%s", sd_error_message());
     ck_assert_int_eq(sd_graph_backward(g, y, dy), SD_OK);
     sd__igemm_enable(true);
-    const char *path = kernel_on ? "kernel" : "BLAS";
+    /* The path each product took: the kernel where it is on and the CPU
+     * runs it (the rule above kernel_cases), im2col otherwise. */
+    bool kernel = kernel_on && cpu_has_kernel();
+    char what[64];
+    snprintf(what, sizeof what, "case %d (kernel %s)", index, kernel_on ? "on" : "off");
+    expect_path(SD_CONV_FORWARD, kernel ? SD_CONV_IGEMM : SD_CONV_IM2COL, 1, what);
+    expect_path(SD_CONV_DX, kernel && c->Cin % 8 == 0 ? SD_CONV_IGEMM : SD_CONV_IM2COL, 1, what);
+    expect_path(SD_CONV_DW,
+                kernel && c->Cout % 16 == 0 && c->Cin * c->K * c->K >= 64 ? SD_CONV_IGEMM
+                                                                          : SD_CONV_IM2COL,
+                1, what);
+    const char *path = kernel ? "kernel" : "im2col";
     for (size_t i = 0; i < ny; i++)
         ck_assert_msg(fabs(y->data[i] - ry[i]) <= 1e-4 * (fabs(ry[i]) + 1.0),
                       "case %d (%s) y[%zu]: %g vs %g", index, path, i, (double)y->data[i], ry[i]);
@@ -391,6 +434,8 @@ static void kernel_case(const conv_case *c, bool kernel_on, int index)
 
 START_TEST(test_kernel_reference)
 {
+    /* The library agrees with the CPU about the kernel being usable. */
+    ck_assert_int_eq(sd__igemm_available(), cpu_has_kernel());
     kernel_case(&kernel_cases[_i], true, _i);
     kernel_case(&kernel_cases[_i], false, _i);
 }
@@ -501,6 +546,7 @@ START_TEST(test_arena_reuse_kernel)
     for (int stride = 1; stride <= 2; stride++) {
         sd_graph *g = sd_graph_new();
         uint64_t before = 0;
+        sd__conv_paths_reset();
         for (int step = 0; step < 3; step++) {
             if (step == 1) before = sd_alloc_count();
             sd_graph_reset(g);
@@ -510,6 +556,11 @@ START_TEST(test_arena_reuse_kernel)
             ck_assert_int_eq(sd_graph_backward(g, y, NULL), SD_OK);
         }
         ck_assert_uint_eq(sd_alloc_count(), before);
+        /* ... and it was the kernel path that allocated nothing. */
+        sd_conv_path p = cpu_has_kernel() ? SD_CONV_IGEMM : SD_CONV_IM2COL;
+        expect_path(SD_CONV_FORWARD, p, 3, "arena reuse");
+        expect_path(SD_CONV_DX, p, 3, "arena reuse");
+        expect_path(SD_CONV_DW, p, 3, "arena reuse");
         sd_graph_free(g);
     }
 }
@@ -586,5 +637,9 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    /* Everything else ran; only the kernel itself could not. */
+    if (!cpu_has_kernel())
+        printf("SKIPPED PART: this CPU lacks AVX-512F/FMA, so the implicit-GEMM kernel did not "
+               "run; its \"kernel on\" cases checked the im2col path only\n");
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

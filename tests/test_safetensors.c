@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "sd/safetensors.h"
@@ -623,12 +624,26 @@ START_TEST(test_crash_safety)
     ck_assert_int_eq(stat(sub, &sb), 0);
     ck_assert(S_ISDIR(sb.st_mode));
 
-    /* 4. The directory is read-only (root ignores permissions: skipped). */
+    /* 4. The directory is read-only. Root ignores permissions, so as root
+     * the write runs in a child that has dropped to uid/gid 65534. */
+    ck_assert_int_eq(chmod(tmpdir, 0555), 0);
     if (geteuid() != 0) {
-        ck_assert_int_eq(chmod(tmpdir, 0555), 0);
         ck_assert_int_eq(sd_safetensors_write(path, e2, 1, NULL, NULL, 0), SD_ERR_IO);
-        ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+    } else {
+        fflush(NULL);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) { /* no ck_assert here: the exit code is the verdict */
+            if (setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+            _exit(sd_safetensors_write(path, e2, 1, NULL, NULL, 0) == SD_ERR_IO ? 0 : 1);
+        }
+        int status = 0;
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                      "read-only directory as uid 65534: child exit %d (1: write did not fail, "
+                      "2: could not drop privileges)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     }
+    ck_assert_int_eq(chmod(tmpdir, 0755), 0);
 
     /* The previous checkpoint is intact, byte for byte, and still loads. */
     ck_assert_int_eq(count_temp_files(tmpdir), 0);

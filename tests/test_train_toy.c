@@ -212,5 +212,9 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    if (SANITIZED) /* the reduced part, said rather than passed silently */
+        printf("SKIPPED PART: sanitizer build: test_dsm_learns_mixture_score trained 1500 steps "
+               "and checked a relative score error below 0.8x the untrained one instead of 0.1 "
+               "(the release build checks 0.1)\n");
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

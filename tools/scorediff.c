@@ -20,22 +20,6 @@ static const command commands[] = {
     {"info", sd_cmd_info, "describe a checkpoint"},
 };
 
-/* Commands whose module is not linked into this build (during development a
- * command lands in its own tools/cmd_<name>.c) say so instead of failing to
- * link. */
-#define SD_MISSING_COMMAND(fn, name)                                                   \
-    __attribute__((weak)) int fn(int argc, char **argv)                                \
-    {                                                                                  \
-        (void)argc;                                                                    \
-        (void)argv;                                                                    \
-        return cli_fail(name, 2, "this command is not available in this build yet");   \
-    }
-SD_MISSING_COMMAND(sd_cmd_train, "train")
-SD_MISSING_COMMAND(sd_cmd_sample, "sample")
-SD_MISSING_COMMAND(sd_cmd_loglik, "loglik")
-SD_MISSING_COMMAND(sd_cmd_convert_idx, "convert-idx")
-SD_MISSING_COMMAND(sd_cmd_info, "info")
-
 static void usage(FILE *f)
 {
     fprintf(f, "usage: scorediff <command> [options]   (scorediff <command> --help)\n\n"
