@@ -28,20 +28,8 @@
 #include <stdint.h>
 
 #include "gmm.h"
+#include "test_util.h"
 #include "sd/sde.h"
-
-/* 1 in an AddressSanitizer build: the suites then run fewer or smaller
- * cases (each says which), keeping their tolerances. */
-#if defined(__SANITIZE_ADDRESS__)
-#define SD_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SD_TEST_ASAN 1
-#endif
-#endif
-#ifndef SD_TEST_ASAN
-#define SD_TEST_ASAN 0
-#endif
 
 typedef struct mixture {
     const char *name;

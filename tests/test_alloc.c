@@ -15,17 +15,10 @@
 #include "sd/ops.h"
 #include "sd/params.h"
 #include "sd/rng.h"
+#include "test_util.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SD_TEST_INTERPOSE 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SD_TEST_INTERPOSE 0
-#endif
-#endif
-#ifndef SD_TEST_INTERPOSE
-#define SD_TEST_INTERPOSE 1
-#endif
+/* ASan interposes malloc itself: the counting interposer is off there. */
+#define SD_TEST_INTERPOSE (!SD_TEST_ASAN)
 
 static atomic_ulong process_allocs;
 

@@ -10,14 +10,10 @@
 
 #include "gradcheck.h"
 #include "sd/ops.h"
+#include "test_util.h"
 
 /* Per-element assertion that only talks to Check on failure (every
  * ck_assert call costs a pipe write, far too slow inside element loops). */
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                    \
-    } while (0)
-
 typedef sd_tensor *(*binop_fn)(sd_graph *, sd_tensor *, sd_tensor *);
 static const binop_fn binops[4] = {sd_add, sd_sub, sd_mul, sd_div};
 static const char *const binop_names[4] = {"add", "sub", "mul", "div"};
@@ -51,17 +47,11 @@ static const shape_pair pairs[] = {
 #define N_PAIRS ((int)(sizeof pairs / sizeof pairs[0]))
 
 static unsigned rng_state = 12345u;
-static float urand(float lo, float hi)
-{
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return lo + (hi - lo) * (float)(rng_state >> 8) / (float)(1u << 24);
-}
-
 static sd_tensor *rand_tensor(sd_graph *g, int nd, const int *shape, float lo, float hi)
 {
     sd_tensor *t = sd_tensor_new(g, nd, shape);
     ck_assert_ptr_nonnull(t);
-    for (size_t i = 0; i < t->numel; i++) t->data[i] = urand(lo, hi);
+    for (size_t i = 0; i < t->numel; i++) t->data[i] = tu_urand(&rng_state, lo, hi);
     return t;
 }
 
@@ -146,7 +136,7 @@ static void run_pair(sd_graph *g, int op, const shape_pair *p)
     sd_tensor *out = binops[op](g, a, b);
     ck_assert_msg(out != NULL, "%s failed: %s", binop_names[op], sd_error_message());
     float *r = malloc(out->numel * sizeof(float));
-    for (size_t i = 0; i < out->numel; i++) r[i] = urand(-1.0f, 1.0f);
+    for (size_t i = 0; i < out->numel; i++) r[i] = tu_urand(&rng_state, -1.0f, 1.0f);
     ck_assert_int_eq(sd_graph_backward(g, out, r), SD_OK);
     check_against_reference(op, a, b, out, r, a->grad, b->grad);
     free(r);

@@ -13,6 +13,7 @@
 #include "gradcheck.h"
 #include "sd/fft.h"
 #include "sd/ops.h"
+#include "test_util.h"
 
 #define PI 3.14159265358979323846
 
@@ -28,11 +29,8 @@ static const shape4 SHAPES[] = {
 
 static unsigned rng_state = 12345u;
 
-static float urand(void) /* uniform in [-1, 1) */
-{
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return (float)(rng_state >> 8) / (float)(1u << 23) - 1.0f;
-}
+/* uniform in [-1, 1): the same floats as r / 2^23 - 1 (r < 2^24, exact) */
+static float urand(void) { return tu_urand(&rng_state, -1.0f, 1.0f); }
 
 static float *rand_array(size_t n)
 {

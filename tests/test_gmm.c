@@ -9,24 +9,15 @@
 
 #include "gmm.h"
 #include "sd/rng.h"
+#include "mixture_check.h"
 
-/* 8 components on a ring of radius 4 with anisotropic, rotated covariances. */
+/* mixture_check's ring8 as an analytic model. */
 static sd_gmm *ring8(void)
 {
-    double w[8], mu[16], cov[32];
-    for (int k = 0; k < 8; k++) {
-        double a = 2 * M_PI * k / 8, c = cos(a), s = sin(a);
-        w[k] = (k % 2 ? 0.15 : 0.10);
-        mu[2 * k] = 4 * c;
-        mu[2 * k + 1] = 4 * s;
-        /* R diag(0.3, 0.05) R^T */
-        double l1 = 0.3, l2 = 0.05;
-        cov[4 * k + 0] = l1 * c * c + l2 * s * s;
-        cov[4 * k + 1] = cov[4 * k + 2] = (l1 - l2) * c * s;
-        cov[4 * k + 3] = l1 * s * s + l2 * c * c;
-    }
-    sd_gmm *g;
-    ck_assert_int_eq(sd_gmm_new(8, 2, w, mu, cov, &g), SD_OK);
+    mixture m = mixture_ring8();
+    sd_gmm *g = mixture_gmm(&m);
+    mixture_free(&m);
+    ck_assert_ptr_nonnull(g);
     return g;
 }
 

@@ -24,29 +24,16 @@
 #include "likelihood.h"
 #include "score_model.h"
 #include "sd/rng.h"
+#include "mixture_check.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SLOW 1
-#else
-#define SLOW 0
-#endif
 
-/* 8 components on a ring of radius 4 with anisotropic, rotated covariances. */
+/* mixture_check's ring8 as an analytic model. */
 static sd_gmm *ring8(void)
 {
-    double w[8], mu[16], cov[32];
-    for (int k = 0; k < 8; k++) {
-        double a = 2 * M_PI * k / 8, c = cos(a), s = sin(a);
-        w[k] = (k % 2 ? 0.15 : 0.10);
-        mu[2 * k] = 4 * c;
-        mu[2 * k + 1] = 4 * s;
-        double l1 = 0.3, l2 = 0.05;
-        cov[4 * k + 0] = l1 * c * c + l2 * s * s;
-        cov[4 * k + 1] = cov[4 * k + 2] = (l1 - l2) * c * s;
-        cov[4 * k + 3] = l1 * s * s + l2 * c * c;
-    }
-    sd_gmm *g;
-    ck_assert_int_eq(sd_gmm_new(8, 2, w, mu, cov, &g), SD_OK);
+    mixture m = mixture_ring8();
+    sd_gmm *g = mixture_gmm(&m);
+    mixture_free(&m);
+    ck_assert_ptr_nonnull(g);
     return g;
 }
 
@@ -363,7 +350,7 @@ static bound_stats run_bounds(sd_model *m, sd_lik_decoder dec, int N, int NP, ui
  * > 5 nats on these models, so a wrong mean or variance cannot pass). */
 static void check_bounds(int which, const char *spec)
 {
-    int NP = which == 0 ? 100 : (SLOW ? 10 : 40);
+    int NP = which == 0 ? 100 : (SD_TEST_ASAN ? 10 : 40);
     ode_case c = make_case(which, spec);
     char label[64];
     snprintf(label, sizeof label, "%s %s", c.name, spec);
@@ -381,7 +368,7 @@ static void check_bounds(int which, const char *spec)
                       b.d_iwae50_logp.mean > 3.0 * sd_lik_stats_se(&b.d_iwae50_logp),
                   "%s em: orderings not strict (%.4f, %.4f, %.4f)", label, b.d_elbo_iwae5.mean,
                   b.d_iwae5_iwae50.mean, b.d_iwae50_logp.mean);
-    if (!SLOW || which == 0) {
+    if (!SD_TEST_ASAN || which == 0) {
         b = run_bounds(c.m, SD_LIK_DEC_AUTO, 100, which == 0 ? 100 : 20, 33);
         printf("bounds %-16s full N=100: logp-ELBO %.4f (+- %.4f)\n", label, b.gap_elbo.mean,
                sd_lik_stats_se(&b.gap_elbo));
@@ -744,7 +731,7 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    if (SLOW) /* the reduced part, said rather than passed silently */
+    if (SD_TEST_ASAN) /* the reduced part, said rather than passed silently */
         printf("SKIPPED PART: sanitizer build: the network cases of test_elbo_iwae_bounds ran 10"
                " paths instead of 40 and skipped the N = 100 ELBO tightness check (the release "
                "build runs them)\n");

@@ -14,22 +14,17 @@
 
 #include "gradcheck.h"
 #include "sd/ops.h"
+#include "test_util.h"
 
 /* ---- helpers --------------------------------------------------------------- */
 
 static unsigned test_seed = 12345u;
 
-static float urand(float lo, float hi)
-{
-    test_seed = test_seed * 1664525u + 1013904223u;
-    return lo + (hi - lo) * (float)(test_seed >> 8) / (float)(1u << 24);
-}
-
 static float *rand_array(size_t n, float lo, float hi)
 {
     float *a = malloc(n * sizeof *a);
     ck_assert_ptr_nonnull(a);
-    for (size_t i = 0; i < n; i++) a[i] = urand(lo, hi);
+    for (size_t i = 0; i < n; i++) a[i] = tu_urand(&test_seed, lo, hi);
     return a;
 }
 
@@ -274,8 +269,8 @@ START_TEST(test_forward_group_instance_layer)
     /* 2-D group norm [N, C] and layer norm over the last dim (= group norm of
      * the [rows, D] view with one group) of a 3-D tensor. */
     float gam10[10], bet7[7];
-    for (int i = 0; i < 10; i++) gam10[i] = urand(-2.0f, 2.0f);
-    for (int i = 0; i < 7; i++) bet7[i] = urand(-1.0f, 1.0f);
+    for (int i = 0; i < 10; i++) gam10[i] = tu_urand(&test_seed, -2.0f, 2.0f);
+    for (int i = 0; i < 7; i++) bet7[i] = tu_urand(&test_seed, -1.0f, 1.0f);
     ref_group_norm(x, 9, 10, 1, 5, gam10, NULL, 1e-5, ref);
     y = sd_group_norm(g, wrap(g, 2, (int[]){9, 10}, x, NULL), 5, wrap(g, 1, (int[]){10}, gam10, NULL),
                       NULL, 1e-5f);

@@ -10,26 +10,16 @@
 
 #include "gradcheck.h"
 #include "sd/ops.h"
+#include "test_util.h"
 
 /* Per-element assertion that only talks to Check on failure (every
  * ck_assert call costs a pipe write, far too slow inside element loops). */
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                    \
-    } while (0)
-
 static unsigned rng_state = 2024u;
-static float urand(float lo, float hi)
-{
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return lo + (hi - lo) * (float)(rng_state >> 8) / (float)(1u << 24);
-}
-
 static sd_tensor *rand_tensor(sd_graph *g, int nd, const int *shape, float lo, float hi)
 {
     sd_tensor *t = sd_tensor_new(g, nd, shape);
     ck_assert_ptr_nonnull(t);
-    for (size_t i = 0; i < t->numel; i++) t->data[i] = urand(lo, hi);
+    for (size_t i = 0; i < t->numel; i++) t->data[i] = tu_urand(&rng_state, lo, hi);
     return t;
 }
 

@@ -8,26 +8,16 @@
 
 #include "gradcheck.h"
 #include "sd/ops.h"
+#include "test_util.h"
 
 /* Per-element assertion that only talks to Check on failure (every
  * ck_assert call costs a pipe write, far too slow inside element loops). */
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                    \
-    } while (0)
-
 static unsigned rng_state = 31337u;
-static float urand(float lo, float hi)
-{
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return lo + (hi - lo) * (float)(rng_state >> 8) / (float)(1u << 24);
-}
-
 static sd_tensor *rand_tensor(sd_graph *g, int nd, const int *shape)
 {
     sd_tensor *t = sd_tensor_new(g, nd, shape);
     ck_assert_ptr_nonnull(t);
-    for (size_t i = 0; i < t->numel; i++) t->data[i] = urand(-2.0f, 2.0f);
+    for (size_t i = 0; i < t->numel; i++) t->data[i] = tu_urand(&rng_state, -2.0f, 2.0f);
     return t;
 }
 
@@ -67,7 +57,7 @@ START_TEST(test_reshape)
     ck_assert_int_eq(r->shape[0], 15);
     ck_assert_ptr_eq(r->data, a->data);
     float *cot = malloc(945 * sizeof(float));
-    for (int i = 0; i < 945; i++) cot[i] = urand(-1.0f, 1.0f);
+    for (int i = 0; i < 945; i++) cot[i] = tu_urand(&rng_state, -1.0f, 1.0f);
     ck_assert_int_eq(sd_graph_backward(g, r, cot), SD_OK);
     ck_assert(memcmp(a->grad, cot, 945 * sizeof(float)) == 0);
     free(cot);
@@ -254,7 +244,7 @@ START_TEST(test_resample_backward_large)
     sd_tensor *u = sd_upsample2x(g, x);
     ck_assert_ptr_nonnull(u);
     float *cot = malloc(u->numel * sizeof(float));
-    for (size_t i = 0; i < u->numel; i++) cot[i] = urand(-1.0f, 1.0f);
+    for (size_t i = 0; i < u->numel; i++) cot[i] = tu_urand(&rng_state, -1.0f, 1.0f);
     ck_assert_int_eq(sd_graph_backward(g, u, cot), SD_OK);
     size_t W2 = 124;
     for (size_t r = 0; r < 2 * 7 * 34; r++)

@@ -12,6 +12,7 @@
 #include "objective.h"
 #include "sd/rng.h"
 #include "trainer.h"
+#include "test_util.h"
 
 enum { N_DATA = 8192, BATCH = 256 };
 
@@ -81,11 +82,8 @@ static void train(sd_model *m, const float *data, sd_train_config *cfg, int step
     sd_trainer_free(tr);
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1 /* ~5x slower: train briefly, check the loss machinery only */
-#else
-#define SANITIZED 0
-#endif
+/* ~5x slower under ASan: train briefly, check the loss machinery only */
+#define SANITIZED SD_TEST_ASAN
 
 START_TEST(test_dsm_learns_mixture_score)
 {

@@ -10,14 +10,10 @@
 #include "gradcheck.h"
 #include "sd/ops.h"
 #include "sd/rng.h"
+#include "test_util.h"
 
 /* Per-element assertion that only talks to Check on failure (every
  * ck_assert call costs a pipe write, far too slow inside element loops). */
-#define EXPECT(cond, ...)                                                                          \
-    do {                                                                                           \
-        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                    \
-    } while (0)
-
 #define LEAKY_SLOPE 0.1f
 #define ELU_ALPHA 1.3f
 
@@ -61,12 +57,6 @@ static const unary_case cases[] = {
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
 static unsigned rng_state = 4242u;
-static float urand(float lo, float hi)
-{
-    rng_state = rng_state * 1664525u + 1013904223u;
-    return lo + (hi - lo) * (float)(rng_state >> 8) / (float)(1u << 24);
-}
-
 START_TEST(test_values)
 {
     const unary_case *uc = &cases[_i];
@@ -78,7 +68,7 @@ START_TEST(test_values)
     sd_tensor *x = sd_tensor_new(g, 4, (int[]){3, 5, 7, 9});
     /* Twice the gradient-check range; log and sqrt stay in their domain. */
     float lo = uc->lo > 0 ? 1e-3f : 2 * uc->lo, hi = uc->lo > 0 ? 50.0f : 2 * uc->hi;
-    for (int i = 0; i < n; i++) x->data[i] = i < n_ext ? extremes[i] : urand(lo, hi);
+    for (int i = 0; i < n; i++) x->data[i] = i < n_ext ? extremes[i] : tu_urand(&rng_state, lo, hi);
     sd_tensor *y = uc->fn(g, x);
     ck_assert_msg(y != NULL, "%s: %s", uc->name, sd_error_message());
     ck_assert_int_eq(y->ndim, 4);
@@ -119,7 +109,7 @@ START_TEST(test_large_threaded)
 {
     sd_graph *g = sd_graph_new();
     sd_tensor *x = sd_tensor_new(g, 2, (int[]){301, 257});
-    for (size_t i = 0; i < x->numel; i++) x->data[i] = urand(-5.0f, 5.0f);
+    for (size_t i = 0; i < x->numel; i++) x->data[i] = tu_urand(&rng_state, -5.0f, 5.0f);
     sd_tensor_requires_grad(x);
     sd_tensor *y = sd_silu(g, x);
     ck_assert_ptr_nonnull(y);
@@ -139,7 +129,7 @@ START_TEST(test_dropout_identity_and_errors)
 {
     sd_graph *g = sd_graph_new();
     sd_tensor *x = sd_tensor_new(g, 2, (int[]){7, 9});
-    for (size_t i = 0; i < x->numel; i++) x->data[i] = urand(-1.0f, 1.0f);
+    for (size_t i = 0; i < x->numel; i++) x->data[i] = tu_urand(&rng_state, -1.0f, 1.0f);
     sd_rng rng;
     sd_rng_init(&rng, 1, SD_STREAM_DROPOUT);
     ck_assert_ptr_eq(sd_dropout(g, x, 0.5f, &rng, false), x);
@@ -170,7 +160,7 @@ START_TEST(test_dropout_statistics_and_backward)
     const int n = 200003;
     sd_graph *g = sd_graph_new();
     sd_tensor *x = sd_tensor_new(g, 1, (int[]){n});
-    for (int i = 0; i < n; i++) x->data[i] = urand(0.5f, 1.5f); /* never zero */
+    for (int i = 0; i < n; i++) x->data[i] = tu_urand(&rng_state, 0.5f, 1.5f); /* never zero */
     sd_tensor_requires_grad(x);
     sd_rng rng, rng2;
     sd_rng_init(&rng, 99, SD_STREAM_DROPOUT);
