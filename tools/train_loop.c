@@ -14,6 +14,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <float.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
@@ -28,6 +30,7 @@
 #include "cli.h"
 #include "sd/data.h"
 #include "sd/gemm.h"
+#include "sd/safetensors.h"
 #include "trainer.h"
 
 #define CMD "train"
@@ -52,6 +55,8 @@ typedef struct run {
     float *stash; /* parameters while the sample hook sees the EMA */
     FILE *metrics;
     int lock_fd;
+    bool created_dir; /* this invocation made RUN_DIR (removed again on a failed start) */
+    bool started;     /* the first step began: the run's files tell its story from here */
     char ckpt[P], metrics_path[P];
     /* NCSNv2 report */
     bool have_dist, sigma_from_data, levels_from_data;
@@ -490,19 +495,29 @@ static int prepare_dir(run *R)
 {
     const char *out = R->o.out;
     if (!out[0]) return fail(2, "%s", "--out RUN_DIR is required (or --resume RUN_DIR)");
+    R->created_dir = !file_exists(out);
     if (cli_mkdir(out) != SD_OK) return fail(2, "%s", sd_error_message());
     char path[P];
     if (!join(path, out, "lock") || !join(R->ckpt, out, "checkpoint.safetensors") ||
         !join(R->metrics_path, out, "metrics.csv"))
         return fail(2, "%s: path too long", out);
     R->lock_fd = open(path, O_RDWR | O_CREAT, 0644);
-    if (R->lock_fd < 0) return fail(2, "%s", strerror(errno));
+    if (R->lock_fd < 0)
+        return cli_fail(CMD, 2, "%s: cannot open the run's lock file: %s%s", path, strerror(errno),
+                        errno == EISDIR ? " (remove that directory; the run creates the file)"
+                                        : "");
     if (flock(R->lock_fd, LOCK_EX | LOCK_NB) != 0)
         return fail(2, "%s: the run directory is in use by another scorediff train", out);
     join(path, out, "config.json");
-    if (!R->o.resume && (file_exists(path) || file_exists(R->ckpt)))
+    if (!R->o.resume && file_exists(R->ckpt))
         return fail(2, "%s: already holds a run; continue it with --resume, or choose a new --out",
                     out);
+    /* A run that never wrote a checkpoint (a start that failed, or a run
+     * stopped before its first checkpoint) has nothing to continue: --out
+     * starts it again in place, with the options given now. */
+    if (!R->o.resume && file_exists(path))
+        fprintf(stderr, "scorediff train: %s holds a run without a checkpoint; starting it "
+                        "again from step 0\n", out);
     remove_stale_temps(out);
     /* A resumed run keeps the NCSNv2 and data entries of the first one. */
     char extra[1536] = "";
@@ -515,6 +530,8 @@ static int prepare_dir(run *R)
                  "\"data_items\":%zu,\"data_shape\":[%d,%d,%d]",
                  R->in->sde, dist, R->dist_items, R->gamma, R->levels, R->eps, LANGEVIN_T, R->ds.n,
                  R->ds.c, R->ds.h, R->ds.w);
+    /* a restarted run's config.json is a new one, not a merge with the old */
+    if (!R->o.resume) unlink(path);
     sd_status st = sd_run_config_write(out, &R->o, extra[0] ? extra : NULL);
     if (st != SD_OK) return fail(1, "%s", sd_error_message());
     if (R->h->sample && R->o.sample_every > 0 && R->ds.kind == SD_DATA_IMAGES) {
@@ -644,10 +661,12 @@ static void call_sampler(run *R)
 
 /* ---- the loop --------------------------------------------------------------- */
 
-static int train(run *R, sd_train_result *res)
+/* Everything that can fail before the first step and needs no run
+ * directory: the trainer (optimizer state), the loader and the batch buffer.
+ * Runs before prepare_dir, so that a failed start leaves no directory. */
+static int setup_training(run *R)
 {
     sd_train_opts *o = &R->o;
-    const sd_train_hooks *h = R->h;
     sd_model_init(R->m, o->seed);
     sd_train_config tc = sd_train_config_default(&R->sde, o->steps, o->seed);
     tc.lr = (float)o->lr;
@@ -658,9 +677,56 @@ static int train(run *R, sd_train_result *res)
     tc.objective.kind = o->objective;
     tc.objective.weighting = o->weighting;
     sd_status st = sd_trainer_new(R->m, &tc, &R->tr);
-    if (st != SD_OK) return fail(1, "%s", sd_error_message());
+    if (st != SD_OK) return fail(cli_exit_code(st), "%s", sd_error_message());
+    const int64_t B = o->batch;
+    sd_loader_opts lo = {.batch = (size_t)B, .seed = o->seed, .dequant = 1, .hflip = o->flip,
+                         .threaded = 1};
+    if ((st = sd_loader_new(&R->ds, &lo, &R->ld)) != SD_OK)
+        return fail(st == SD_ERR_NOMEM ? 1 : cli_exit_code(st), "%s", sd_error_message());
+    const size_t D = R->m->D;
+    size_t bytes;
+    if (strcmp(o->transform, "centered") == 0 &&
+        (sd_mul_size((size_t)B, D * sizeof(float), &bytes) || !(R->xbuf = sd_malloc(bytes))))
+        return cli_fail(CMD, 1, "out of memory: a batch of %" PRId64 " items of %zu floats",
+                        B, D);
+    return 0;
+}
+
+/* The checkpoint of the run being resumed was made by this run's settings:
+ * the model configuration is checked by the loader; the noise family and the
+ * data transform are compared here (another run's checkpoint copied into
+ * RUN_DIR would otherwise continue under settings it was not trained with). */
+static int check_ckpt_matches(run *R)
+{
+    sd_safetensors *f = NULL;
+    sd_status st = sd_safetensors_open(R->ckpt, &f);
+    if (st != SD_OK) return fail(2, "%s", sd_error_message());
+    const char *sde = sd_safetensors_meta(f, "sde"), *tr = sd_safetensors_meta(f, "data_transform");
+    char mine[256], cfg[P + 16];
+    sd_sde_to_string(&R->m->sde, mine, sizeof mine);
+    join(cfg, R->o.out, "config.json");
+    int rc = 0;
+    if (!sde || strcmp(sde, mine) != 0)
+        rc = cli_fail(CMD, 2, "%s: the checkpoint's noise family %s differs from the run's %s "
+                      "(%s); it belongs to another run", R->ckpt, sde ? sde : "(missing)", mine,
+                      cfg);
+    else if (strcmp(tr ? tr : "identity", R->o.transform) != 0)
+        rc = cli_fail(CMD, 2, "%s: the checkpoint's data transform %s differs from the run's %s "
+                      "(%s); it belongs to another run", R->ckpt, tr ? tr : "identity (missing)",
+                      R->o.transform, cfg);
+    sd_safetensors_close(f);
+    return rc;
+}
+
+static int train(run *R, sd_train_result *res)
+{
+    sd_train_opts *o = &R->o;
+    const sd_train_hooks *h = R->h;
+    sd_status st;
+    int rc;
     bool have_ckpt = o->resume && file_exists(R->ckpt);
     if (have_ckpt) {
+        if ((rc = check_ckpt_matches(R)) != 0) return rc;
         sd_ckpt_meta meta;
         if ((st = sd_checkpoint_load_trainer(R->ckpt, R->m, R->tr, &meta)) != SD_OK)
             return fail(2, "%s", sd_error_message());
@@ -678,19 +744,13 @@ static int train(run *R, sd_train_result *res)
     }
     double running, elapsed0;
     bool have_row;
-    int rc = open_metrics(R, step0, &running, &elapsed0, &have_row);
-    if (rc) return rc;
+    if ((rc = open_metrics(R, step0, &running, &elapsed0, &have_row)) != 0) return rc;
     if (step0 > 0 && !have_row)
         fprintf(stderr, "scorediff train: warning: metrics.csv has no row for step %" PRId64
                         "; the running loss restarts\n", step0);
-    sd_loader_opts lo = {.batch = (size_t)B, .seed = o->seed, .dequant = 1, .hflip = o->flip,
-                         .threaded = 1};
-    if ((st = sd_loader_new(&R->ds, &lo, &R->ld)) != SD_OK) return fail(1, "%s", sd_error_message());
     sd_loader_seek(R->ld, (uint64_t)step0);
     const size_t D = R->m->D;
     const bool centered = strcmp(o->transform, "centered") == 0;
-    if (centered && !(R->xbuf = sd_malloc((size_t)B * D * sizeof(float))))
-        return fail(1, "%s", sd_error_message());
     fprintf(stderr, "scorediff train: %s, %zu parameters, %s, batch %" PRId64 ", steps %" PRId64
                     "..%" PRId64 " -> %s\n", o->model, sd_params_trainable_count(R->m->params),
             o->sde, B, step0 + 1, o->steps, o->out);
@@ -698,6 +758,7 @@ static int train(run *R, sd_train_result *res)
     sd_blas_describe(blas, sizeof blas);
     fprintf(stderr, "scorediff train: %d threads, %s\n", sd_threads_get(), blas);
 
+    R->started = true;
     const bool sampling = h->sample && o->sample_every > 0 && R->ds.kind == SD_DATA_IMAGES;
     if (o->sample_every > 0 && !sampling)
         fprintf(stderr, "scorediff train: warning: --sample-every: sample grids are for image "
@@ -722,8 +783,13 @@ static int train(run *R, sd_train_result *res)
                 snprintf(where, sizeof where, "the last checkpoint %s (step %" PRId64
                          ") is untouched", R->ckpt, last_ckpt);
             else
-                snprintf(where, sizeof where, "no checkpoint was written");
+                snprintf(where, sizeof where, "no checkpoint was written (start again in place "
+                         "with --out %s)", o->out);
             fflush(R->metrics);
+            if (st == SD_ERR_NOMEM) /* the step's memory grows with the batch */
+                return cli_fail(CMD, 1, "training stopped at step %" PRId64 ": %s, with batch %"
+                                PRId64 " (try a smaller --batch); %s", R->tr->step + 1,
+                                sd_error_message(), B, where);
             return cli_fail(CMD, 1, "training stopped: %s; %s", sd_error_message(), where);
         }
         const int64_t step = R->tr->step;
@@ -777,6 +843,93 @@ static int train(run *R, sd_train_result *res)
     return 0;
 }
 
+/* Every option in its range before any work (and before a run directory
+ * exists); the parser checks the same ranges, this covers in-process callers
+ * and config.json. Returns 0 or 2 after printing the problem. */
+static int validate(const sd_train_opts *o)
+{
+    if (o->steps <= 0 || o->ckpt_every <= 0 || o->log_every <= 0)
+        return fail(2, "%s", "--steps, --ckpt-every and --log-every must be positive");
+    if (o->batch < 0 || o->batch > SD_TRAIN_MAX_BATCH)
+        return cli_fail(CMD, 2, "--batch %" PRId64 ": expected 1 to %d", o->batch,
+                        SD_TRAIN_MAX_BATCH);
+    /* the optimizer works in float: a rate beyond float's range is infinite */
+    if (!(o->lr >= 0 && o->lr <= FLT_MAX))
+        return cli_fail(CMD, 2, "--lr %g: expected a number in [0, %g] (finite as a float)",
+                        o->lr, (double)FLT_MAX);
+    if (!(o->clip >= 0 && o->clip <= FLT_MAX))
+        return cli_fail(CMD, 2, "--clip %g: expected a number in [0, %g]", o->clip, (double)FLT_MAX);
+    if (!(o->ema >= 0 && o->ema <= 1)) return cli_fail(CMD, 2, "--ema %g: expected [0, 1]", o->ema);
+    if (o->warmup < -1 || o->sample_every < 0)
+        return fail(2, "%s", "--warmup and --sample-every must be >= 0");
+    if (o->threads < 0 || o->threads > 1024)
+        return cli_fail(CMD, 2, "--threads %d: expected 1 to 1024", o->threads);
+    if (o->channels < 1 || o->channels > 3 || o->size < 0 || o->size > 16384)
+        return fail(2, "%s", "--channels takes 1 or 3, --size 1 to 16384");
+    if (!o->resume && !o->dry_run && o->out[0] && o->data[0]) {
+        /* The run directory is neither the data nor inside an image folder
+         * (whose recursive walk would read its sample grids as data next
+         * time), and the data is not a file of the run directory. */
+        char rd[PATH_MAX], ro[PATH_MAX], parent[PATH_MAX];
+        const char *slash;
+        if (realpath(o->data, rd)) {
+            bool have_out = realpath(o->out, ro) != NULL;
+            if (!have_out && (slash = strrchr(o->out, '/'))) {
+                size_t n = slash == o->out ? 1 : (size_t)(slash - o->out);
+                if (n < sizeof parent) {
+                    memcpy(parent, o->out, n);
+                    parent[n] = '\0';
+                    char rp[PATH_MAX];
+                    if (realpath(parent, rp) &&
+                        snprintf(ro, sizeof ro, "%s/%s", rp, slash + 1) < (int)sizeof ro)
+                        have_out = true;
+                }
+            } else if (!have_out && getcwd(parent, sizeof parent) &&
+                       snprintf(ro, sizeof ro, "%s/%s", parent, o->out) < (int)sizeof ro) {
+                have_out = true;
+            }
+            size_t ld = strlen(rd), lo = have_out ? strlen(ro) : 0;
+            if (have_out && strcmp(rd, ro) == 0)
+                return cli_fail(CMD, 2, "--out %s: is the data (--data %s); the run directory "
+                                "must be another path", o->out, o->data);
+            if (have_out && lo > ld && strncmp(ro, rd, ld) == 0 && ro[ld] == '/')
+                return cli_fail(CMD, 2, "--out %s: is inside the data folder %s; its files "
+                                "would be read as data: choose a run directory outside it",
+                                o->out, o->data);
+            if (have_out && ld > lo && strncmp(rd, ro, lo) == 0 && rd[lo] == '/')
+                return cli_fail(CMD, 2, "--data %s: is inside the run directory %s, whose files "
+                                "the run rewrites", o->data, o->out);
+        }
+    }
+    return 0;
+}
+
+/* A start that failed before its first step leaves nothing behind: the files
+ * this invocation made in RUN_DIR, and RUN_DIR itself if it made it. A
+ * directory that already held something keeps it. */
+static void remove_failed_start(run *R)
+{
+    if (!R->created_dir || R->o.resume || !R->o.out[0]) return;
+    char path[P];
+    const char *names[] = {"config.json", "config.json.tmp", "metrics.csv", "metrics.csv.tmp",
+                           "lock", "samples"};
+    if (R->metrics) {
+        fclose(R->metrics);
+        R->metrics = NULL;
+    }
+    if (file_exists(R->ckpt)) return;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        /* unlink of a directory fails with EISDIR (Linux) or EPERM (POSIX) */
+        if (join(path, R->o.out, names[i]) && unlink(path) != 0 &&
+            (errno == EISDIR || errno == EPERM))
+            rmdir(path);
+    if (R->lock_fd >= 0) {
+        close(R->lock_fd);
+        R->lock_fd = -1;
+    }
+    rmdir(R->o.out);
+}
+
 int sd_train_run(const sd_train_opts *in, const sd_train_hooks *hooks, sd_train_result *res)
 {
     static const sd_train_hooks no_hooks;
@@ -790,10 +943,7 @@ int sd_train_run(const sd_train_opts *in, const sd_train_hooks *hooks, sd_train_
     R.o = *in;
     R.lock_fd = -1;
     int rc = 0;
-    if (R.o.ckpt_every <= 0 || R.o.log_every <= 0 || R.o.steps <= 0) {
-        rc = fail(2, "%s", "--steps, --ckpt-every and --log-every must be positive");
-        goto done;
-    }
+    if ((rc = validate(&R.o)) != 0) goto done;
     if (R.o.threads > 0) sd_threads_init(R.o.threads);
     if ((rc = load_data(&R)) || (rc = resolve_sde(&R)) || (rc = build_model(&R))) goto done;
     res->n_params = sd_params_trainable_count(R.m->params);
@@ -802,9 +952,10 @@ int sd_train_run(const sd_train_opts *in, const sd_train_hooks *hooks, sd_train_
         describe(&R, stdout);
         goto done;
     }
-    if ((rc = prepare_dir(&R))) goto done;
+    if ((rc = setup_training(&R)) || (rc = prepare_dir(&R))) goto done;
     rc = train(&R, res);
 done:
+    if (rc != 0 && rc < 128 && !R.started) remove_failed_start(&R);
     if (R.metrics) fclose(R.metrics);
     sd_loader_free(R.ld);
     sd_trainer_free(R.tr);
