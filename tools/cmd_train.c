@@ -57,7 +57,9 @@ static void usage(FILE *f)
 "  --weighting W          variance or likelihood (default variance)\n"
 "Optimisation (Adam)\n"
 "  --lr X (2e-4)  --warmup N (min(5000, steps/10))  --cosine  --clip X (1; 0 = off)\n"
-"  --ema X (0.999; warmed up as min(X, (1+step)/(10+step)))\n  --batch B (128 images, 256 points)  --steps N (10000)  --seed S (0)\n"
+"  --ema X (0.999; warmed up as min(X, (1+step)/(10+step)))\n  --batch B (128 images, 256 points)  --steps N (10000)  --seed S (0)\n");
+    /* two strings: C11 compilers need only take 4095 characters in one */
+    fprintf(f,
 "Run\n"
 "  --out RUN_DIR          config.json, checkpoint.safetensors and metrics.csv go here\n""                         (not the data, nor inside an image folder); a directory\n"
 "                         with a run that never wrote a checkpoint is started again;\n"
