@@ -225,6 +225,13 @@ sd_tensor *sd__op_fail(sd_graph *g, sd_status st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (g && st == SD_ERR_NOMEM && g->status == SD_ERR_NOMEM) {
+        /* the arena just failed and said how many bytes it needed: keep that */
+        char prev[512];
+        snprintf(prev, sizeof prev, "%s", sd_error_message());
+        sd_error(st, "%s (%s)", msg, prev);
+        return NULL;
+    }
     sd_error(st, "%s", msg);
     if (g && g->status == SD_OK) g->status = st;
     return NULL;
