@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -661,6 +662,88 @@ static void call_sampler(run *R)
 
 /* ---- the loop --------------------------------------------------------------- */
 
+/* ---- memory of a training step ---------------------------------------------- */
+
+/* Peak arena bytes of one forward + backward of the loss on b items, on a
+ * scratch graph with a scratch gradient buffer and fixed streams: the run's
+ * parameters, gradients and random numbers are untouched. 0 on failure. */
+static size_t trial_step_bytes(run *R, const sd_objective *obj, int b, float *x, float *grad)
+{
+    sd_params pc = *R->m->params;
+    pc.grad = grad;
+    sd_model mc = *R->m;
+    mc.params = &pc;
+    sd_graph *g = sd_graph_new();
+    if (!g) return 0;
+    size_t D = R->m->D, n = R->ds.n;
+    for (int i = 0; i < b; i++) item_floats(R, (size_t)i % n, x + (size_t)i * D);
+    sd_rng tr, nr;
+    sd_rng_init(&tr, 0x5eed, SD_STREAM_TIME);
+    sd_rng_init(&nr, 0x5eed, SD_STREAM_NOISE);
+    size_t peak = 0;
+    sd_tensor *loss = sd_objective_loss(obj, &mc, g, x, b, &tr, &nr, NULL);
+    if (loss && sd_graph_backward(g, loss, NULL) == SD_OK) peak = sd_graph_arena_peak(g);
+    sd_graph_free(g);
+    return peak;
+}
+
+/* Bytes this process can still get: MemAvailable, and the room left under an
+ * address-space limit (RLIMIT_AS) if one is set. 0 if unknown. */
+static double available_bytes(void)
+{
+    double avail = 0.0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long long kb;
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = (double)kb * 1024.0;
+    }
+    if (f) fclose(f);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        unsigned long long pages = 0;
+        FILE *s = fopen("/proc/self/statm", "r");
+        if (s && fscanf(s, "%llu", &pages) != 1) pages = 0;
+        if (s) fclose(s);
+        double room = (double)rl.rlim_cur - (double)pages * (double)sysconf(_SC_PAGESIZE);
+        if (room < 0) room = 0;
+        if (avail == 0.0 || room < avail) avail = room;
+    }
+    return avail;
+}
+
+/* A step of B items needs about T * fixed + B * per_item arena bytes (T
+ * shards; per_item and fixed from trial steps of 1 and 2 items), plus a
+ * gradient buffer per shard and the loader's batches. Refused before the run
+ * directory exists when that is more than the process can get, naming the
+ * figure. It is a lower bound (the arena grows by doubling, and some ops
+ * take scratch memory outside it), so a batch under it can still run out:
+ * the step then stops with an out-of-memory message naming the batch. */
+static int check_batch_memory(run *R)
+{
+    const sd_train_opts *o = &R->o;
+    const size_t D = R->m->D, total = R->m->params->total;
+    float *x = sd_malloc(2 * D * sizeof(float)), *grad = sd_malloc(total * sizeof(float));
+    sd_objective obj = R->tr->cfg.objective;
+    size_t p1 = x && grad ? trial_step_bytes(R, &obj, 1, x, grad) : 0;
+    size_t p2 = p1 ? trial_step_bytes(R, &obj, 2, x, grad) : 0;
+    sd_free(x);
+    sd_free(grad);
+    if (!p1 || !p2 || p2 <= p1) return 0; /* no estimate; the step will tell */
+    double per_item = (double)(p2 - p1), fixed = (double)p1 - per_item;
+    if (fixed < 0) fixed = 0;
+    /* the trainer's shards: one per thread, at most 64 (models/trainer.c) */
+    int T = sd_threads_get() < 64 ? sd_threads_get() : 64;
+    if (T < 1 || o->batch < 2 * T) T = 1;
+    double B = (double)o->batch, item_bytes = (double)D * sizeof(float);
+    double need = T * (fixed + (double)total * sizeof(float)) + B * per_item + 3 * B * item_bytes;
+    double avail = available_bytes();
+    if (avail <= 0 || need <= avail) return 0;
+    return cli_fail(CMD, 2, "--batch %" PRId64 ": a training step needs about %.2f GB (%.1f KB per "
+                    "item, measured on a trial step), more than the %.2f GB this process can get; "
+                    "use a smaller --batch", o->batch, need / 1e9, per_item / 1e3, avail / 1e9);
+}
+
 /* Everything that can fail before the first step and needs no run
  * directory: the trainer (optimizer state), the loader and the batch buffer.
  * Runs before prepare_dir, so that a failed start leaves no directory. */
@@ -689,7 +772,7 @@ static int setup_training(run *R)
         (sd_mul_size((size_t)B, D * sizeof(float), &bytes) || !(R->xbuf = sd_malloc(bytes))))
         return cli_fail(CMD, 1, "out of memory: a batch of %" PRId64 " items of %zu floats",
                         B, D);
-    return 0;
+    return check_batch_memory(R);
 }
 
 /* The checkpoint of the run being resumed was made by this run's settings:
