@@ -433,6 +433,18 @@ START_TEST(test_messages)
                   err_buf);
     ck_assert_msg(strchr(err_buf, '\n') == err_buf + strlen(err_buf) - 1, "not one line: %s",
                   err_buf);
+    /* ... also in the warning about an unreadable image of a data folder */
+    write_pngs(at("imgs2"), 4);
+    FILE *f = fopen(at("imgs2/bad\x1b]0;title\x07.png"), "wb");
+    ck_assert_ptr_nonnull(f);
+    fputs("not a png", f);
+    fclose(f);
+    ck_assert_msg(RUN("train", "--data", "imgs2", "--model", "unet", "--ch", "8", "--mult", "1",
+                      "--num-res-blocks", "1", "--steps", "1", "--batch", "2", "--threads", "1",
+                      "--out", "W", "--quiet") == 0, "%s", err_buf);
+    ck_assert_msg(strstr(err_buf, "bad\\x1b]0;title\\x07.png"), "%s", err_buf);
+    ck_assert_msg(!strchr(err_buf, '\x1b') && !strchr(err_buf, '\x07'), "raw control bytes: %s",
+                  err_buf);
 }
 END_TEST
 

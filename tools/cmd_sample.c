@@ -487,7 +487,7 @@ int sd_cmd_sample(int argc, char **argv)
         rc = cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
         goto done;
     }
-    char sde[256], method[96] = "";
+    char sde[256], method[96] = "", esc[4 * 4200];
     sd_sde_to_string(&m->sde, sde, sizeof sde);
     if (so.kind == SD_SAMPLER_PC)
         snprintf(method, sizeof method, " (%s%s)", sd_predictor_name(so.predictor),
@@ -505,7 +505,7 @@ int sd_cmd_sample(int argc, char **argv)
                (long long)stats.ode_rejected);
     printf(", %.0f score evaluations/s -> %s\n",
            stats.seconds > 0 ? (double)stats.points / stats.seconds : 0.0,
-           o.out ? o.out : o.out_dir);
+           cli_escape(o.out ? o.out : o.out_dir, esc, sizeof esc));
 done:
     sd_free(x);
     sd_free(data);

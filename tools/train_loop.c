@@ -58,6 +58,8 @@ typedef struct run {
     int lock_fd;
     bool created_dir; /* this invocation made RUN_DIR (removed again on a failed start) */
     bool started;     /* the first step began: the run's files tell its story from here */
+    /* out, data and the checkpoint path as printed: control bytes escaped */
+    char eout[4 * P], edata[4 * P], eckpt[4 * P];
     char ckpt[P], metrics_path[P];
     /* NCSNv2 report */
     bool have_dist, sigma_from_data, levels_from_data;
@@ -243,7 +245,9 @@ double sd_ncsnv2_step_size(double gamma, double sigma_min, int T)
 static void warn_cb(void *ctx, const char *path, const char *reason)
 {
     (void)ctx;
-    fprintf(stderr, "scorediff train: warning: %s: %s\n", path, reason);
+    char e[4 * P], r[1024];
+    fprintf(stderr, "scorediff train: warning: %s: %s\n", cli_escape(path, e, sizeof e),
+            cli_escape(reason, r, sizeof r));
 }
 
 static int load_data(run *R)
@@ -257,11 +261,11 @@ static int load_data(run *R)
         if (o->given & (SD_TOPT_CHANNELS | SD_TOPT_SIZE | SD_TOPT_FLIP))
             return fail(2, "%s: --channels, --size and --flip apply to image folders only", o->data);
         if (!o->dry_run)
-            fprintf(stderr, "scorediff train: data %s: %zu points of dimension %d\n", o->data,
+            fprintf(stderr, "scorediff train: data %s: %zu points of dimension %d\n", R->edata,
                     ds->n, ds->c);
     } else if (!o->dry_run) {
         fprintf(stderr, "scorediff train: data %s: %zu images %dx%dx%d (%zu skipped, %zu other "
-                        "files ignored)\n", o->data, ds->n, ds->c, ds->h, ds->w,
+                        "files ignored)\n", R->edata, ds->n, ds->c, ds->h, ds->w,
                 ds->summary.skipped, ds->summary.ignored);
     }
     return 0;
@@ -400,10 +404,10 @@ static void describe(const run *R, FILE *f)
     const sd_train_opts *o = &R->o;
     const sd_dataset *ds = &R->ds;
     if (ds->kind == SD_DATA_POINTS)
-        fprintf(f, "data:       %s: %zu points of dimension %d\n", o->data, ds->n, ds->c);
+        fprintf(f, "data:       %s: %zu points of dimension %d\n", R->edata, ds->n, ds->c);
     else
         fprintf(f, "data:       %s: %zu images, %dx%dx%d (%zu of %zu image files skipped, %zu "
-                   "other files ignored)\n", o->data, ds->n, ds->c, ds->h, ds->w,
+                   "other files ignored)\n", R->edata, ds->n, ds->c, ds->h, ds->w,
                 ds->summary.skipped, ds->summary.candidates, ds->summary.ignored);
     char cfg[1024] = "";
     sd_model_config_json(R->m, cfg, sizeof cfg);
@@ -518,7 +522,7 @@ static int prepare_dir(run *R)
      * starts it again in place, with the options given now. */
     if (!R->o.resume && file_exists(path))
         fprintf(stderr, "scorediff train: %s holds a run without a checkpoint; starting it "
-                        "again from step 0\n", out);
+                        "again from step 0\n", R->eout);
     remove_stale_temps(out);
     /* A resumed run keeps the NCSNv2 and data entries of the first one. */
     char extra[1536] = "";
@@ -816,7 +820,7 @@ static int train(run *R, sd_train_result *res)
         if (meta.seed != o->seed)
             return fail(2, "%s: checkpoint seed differs from config.json", R->ckpt);
     } else if (o->resume) {
-        fprintf(stderr, "scorediff train: %s has no checkpoint yet; starting at step 0\n", o->out);
+        fprintf(stderr, "scorediff train: %s has no checkpoint yet; starting at step 0\n", R->eout);
     }
     const int64_t step0 = R->tr->step, B = o->batch;
     res->first_step = res->step = step0;
@@ -836,7 +840,7 @@ static int train(run *R, sd_train_result *res)
     const bool centered = strcmp(o->transform, "centered") == 0;
     fprintf(stderr, "scorediff train: %s, %zu parameters, %s, batch %" PRId64 ", steps %" PRId64
                     "..%" PRId64 " -> %s\n", o->model, sd_params_trainable_count(R->m->params),
-            o->sde, B, step0 + 1, o->steps, o->out);
+            o->sde, B, step0 + 1, o->steps, R->eout);
     char blas[256];
     sd_blas_describe(blas, sizeof blas);
     fprintf(stderr, "scorediff train: %d threads, %s\n", sd_threads_get(), blas);
@@ -915,14 +919,14 @@ static int train(run *R, sd_train_result *res)
             fprintf(stderr, "scorediff train: interrupted (%s) after step %" PRId64 " of %" PRId64
                             "; checkpoint %s; continue with: scorediff train --resume %s\n",
                     sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal", step,
-                    o->steps, R->ckpt, o->out);
+                    o->steps, R->eckpt, R->eout);
             return 128 + sig;
         }
     }
     if (!h->quiet) cli_progress_end(&prog, R->tr->step, extra);
     fprintf(stderr, "scorediff train: done: step %" PRId64 ", loss %.5g (running %.5g), %.1f "
                     "images/s; checkpoint %s\n", R->tr->step, (double)res->last_loss, running,
-            res->images_per_s, R->ckpt);
+            res->images_per_s, R->eckpt);
     return 0;
 }
 
@@ -1025,6 +1029,10 @@ int sd_train_run(const sd_train_opts *in, const sd_train_hooks *hooks, sd_train_
     R.h = hooks ? hooks : &no_hooks;
     R.o = *in;
     R.lock_fd = -1;
+    cli_escape(R.o.out, R.eout, sizeof R.eout);
+    cli_escape(R.o.data, R.edata, sizeof R.edata);
+    snprintf(R.eckpt, sizeof R.eckpt, "%.*s/checkpoint.safetensors", (int)(sizeof R.eckpt - 32),
+             R.eout);
     int rc = 0;
     if ((rc = validate(&R.o)) != 0) goto done;
     if (R.o.threads > 0) sd_threads_init(R.o.threads);
