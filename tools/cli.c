@@ -309,7 +309,8 @@ int cli_check_output(const char *cmd, const char *opt, const char *out, const ch
                         opt, out, !strcmp(ext, ".png") ? "a PNG image"
                                   : !strcmp(ext, ".csv") ? "CSV text" : ext, ext);
     const char *base;
-    if (!split_path(out, dir, sizeof dir, &base)) return cli_fail(cmd, 2, "%s %s: name too long", opt, out);
+    if (!split_path(out, dir, sizeof dir, &base))
+        return cli_fail(cmd, 2, "%s %s: name too long", opt, out);
     if (stat(dir, &sb) != 0)
         return cli_fail(cmd, 2, "%s %s: cannot write into %s: %s", opt, out, dir, strerror(errno));
     if (!S_ISDIR(sb.st_mode))

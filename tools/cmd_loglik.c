@@ -252,7 +252,8 @@ int sd_cmd_loglik(int argc, char **argv)
     /* An image folder against a points model (or the reverse) would be loaded
      * at the model's shape and fail with a confusing size message. */
     struct stat dsb;
-    bool points_model = m->H == 1 && m->W == 1, folder = stat(o.data, &dsb) == 0 && S_ISDIR(dsb.st_mode);
+    bool points_model = m->H == 1 && m->W == 1;
+    bool folder = stat(o.data, &dsb) == 0 && S_ISDIR(dsb.st_mode);
     if (points_model && folder) {
         rc = cli_fail(CMD, 2, "%s: is an image folder, but the model (%s) is a model of %zu-D "
                       "points; give a CSV file of %zu-D points", o.data, o.ckpt ? o.ckpt : o.gmm,

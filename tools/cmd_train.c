@@ -61,7 +61,8 @@ static void usage(FILE *f)
     /* two strings: C11 compilers need only take 4095 characters in one */
     fprintf(f,
 "Run\n"
-"  --out RUN_DIR          config.json, checkpoint.safetensors and metrics.csv go here\n""                         (not the data, nor inside an image folder); a directory\n"
+"  --out RUN_DIR          config.json, checkpoint.safetensors and metrics.csv go here\n"
+"                         (not the data, nor inside an image folder); a directory\n"
 "                         with a run that never wrote a checkpoint is started again;\n"
 "                         every option is checked before the directory is made\n"
 "  --resume RUN_DIR       continue a run; options fixed for a run may be repeated but\n"

@@ -945,7 +945,8 @@ static int validate(const sd_train_opts *o)
         return cli_fail(CMD, 2, "--lr %g: expected a number in [0, %g] (finite as a float)",
                         o->lr, (double)FLT_MAX);
     if (!(o->clip >= 0 && o->clip <= FLT_MAX))
-        return cli_fail(CMD, 2, "--clip %g: expected a number in [0, %g]", o->clip, (double)FLT_MAX);
+        return cli_fail(CMD, 2, "--clip %g: expected a number in [0, %g]", o->clip,
+                        (double)FLT_MAX);
     if (!(o->ema >= 0 && o->ema <= 1)) return cli_fail(CMD, 2, "--ema %g: expected [0, 1]", o->ema);
     if (o->warmup < -1 || o->sample_every < 0)
         return fail(2, "%s", "--warmup and --sample-every must be >= 0");
