@@ -146,10 +146,10 @@ static sd_status call(sd_ode_rhs f, void *ctx, double t, const float *y, float *
                       sd_ode_stats *st, int64_t max_nfe)
 {
     if (st->nfe >= max_nfe)
-        return sd_error(SD_ERR_NUMERIC, "ode: evaluation budget of %lld used up at t = %.9g "
-                        "(%lld steps accepted, %lld rejected); the solve was abandoned: raise "
-                        "the budget or loosen rtol/atol", (long long)max_nfe, t,
-                        (long long)st->accepted, (long long)st->rejected);
+        return sd_error(SD_ERR_NUMERIC, "ode: evaluation budget of %lld (max_nfe) used up at "
+                        "t = %.9g after %lld steps and %lld rejections; the solve was abandoned "
+                        "(loosen rtol/atol)", (long long)max_nfe, t, (long long)st->accepted,
+                        (long long)st->rejected);
     st->nfe++;
     return f(ctx, t, y, dy);
 }
