@@ -285,6 +285,27 @@ START_TEST(test_outputs_never_replace_inputs)
     expect_refused(RUN("sample", "--ckpt", "IR", "--sampler", "ode", "--n", "2", "--quiet",
                        "--out-dir", "IR"),
                    "sample --out-dir the run directory", "run directory", NULL);
+    /* a subfolder of a run directory (RUN/samples/) is inside it too */
+    ck_assert_int_eq(mkdir(at("IR/samples"), 0755), 0);
+    expect_refused(RUN("sample", "--ckpt", "IR", "--sampler", "ode", "--n", "2", "--quiet",
+                       "--out", "IR/samples/g.png"),
+                   "sample --out into RUN/samples", "run directory", NULL);
+    /* --out-dir would write 00000.png over the --image being inpainted */
+    ck_assert_int_eq(mkdir(at("od"), 0755), 0);
+    uint8_t px[64];
+    memset(px, 200, sizeof px);
+    ck_assert_int_eq(sd_image_write_png(at("od/00000.png"), 8, 8, 1, px), SD_OK);
+    ck_assert_int_eq(sd_image_write_png(at("mask.png"), 8, 8, 1, px), SD_OK);
+    snap img;
+    char p_img[PATH_MAX + 64];
+    snprintf(p_img, sizeof p_img, "%s", at("od/00000.png"));
+    snap_take(&img, p_img);
+    expect_refused(RUN("sample", "--ckpt", "IR", "--sampler", "pc", "--steps", "5", "--n", "2",
+                       "--quiet", "--image", "od/00000.png", "--mask", "mask.png", "--out-dir",
+                       "od"),
+                   "sample --out-dir over --image", "--image od/00000.png", NULL);
+    snap_check(&img, "sample --out-dir");
+    free(img.bytes);
     snap_check(&ck, "sample/loglik");
     snap_check(&metrics, "sample/loglik");
     snap_check(&cfg, "sample/loglik");
