@@ -178,7 +178,9 @@ void *sd_graph_alloc(sd_graph *g, size_t bytes)
     if (size < need) size = need;
     sd_chunk *c = chunk_new(size);
     if (!c) {
-        g->status = SD_ERR_NOMEM;
+        g->status = sd_error(SD_ERR_NOMEM, "out of memory: the graph arena could not grow by "
+                             "%zu bytes (%.1f MB; it holds %.1f MB)", size, size / 1048576.0,
+                             g->total_bytes / 1048576.0);
         return NULL;
     }
     c->next = g->chunks;
@@ -223,6 +225,13 @@ sd_tensor *sd__op_fail(sd_graph *g, sd_status st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (g && st == SD_ERR_NOMEM && g->status == SD_ERR_NOMEM) {
+        /* the arena just failed and said how many bytes it needed: keep that */
+        char prev[512];
+        snprintf(prev, sizeof prev, "%s", sd_error_message());
+        sd_error(st, "%s (%s)", msg, prev);
+        return NULL;
+    }
     sd_error(st, "%s", msg);
     if (g && g->status == SD_OK) g->status = st;
     return NULL;
@@ -241,7 +250,7 @@ static sd_tensor *tensor_header(sd_graph *g, int ndim, const int *shape)
             return sd__op_fail(g, SD_ERR_NOMEM, "tensor: element count overflows");
     }
     sd_tensor *t = sd_graph_alloc(g, sizeof *t);
-    if (!t) return sd__op_fail(g, SD_ERR_NOMEM, "tensor: arena exhausted");
+    if (!t) return NULL; /* sd_graph_alloc set the status and said why */
     memset(t, 0, sizeof *t);
     t->ndim = ndim;
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
@@ -326,8 +335,10 @@ static sd_tensor *op_output_impl(sd_graph *g, const char *op, int ndim, const in
                                  sd_tensor *const *srcs)
 {
     if (g->status != SD_OK && g->status != SD_ERR_INVALID && g->status != SD_ERR_NUMERIC) {
-        /* Out of memory earlier in this step: do not pile up more failures. */
-        return sd__op_fail(g, g->status, "%s: not run, an earlier op failed", op);
+        /* Out of memory earlier in this step: do not pile up more failures,
+         * and keep the first one's message (it says what ran out). */
+        (void)op;
+        return NULL;
     }
     bool needs_grad = false;
     if (g->grad_enabled && backward)

@@ -390,8 +390,8 @@ static sd_status st_build(const unsigned char *buf, size_t len, const char *src,
         return st_fail(SD_ERR_FORMAT, src, "header length %" PRIu64 " exceeds the maximum %d", n,
                        SD_ST_MAX_HEADER);
     if (8 + n > len)
-        return st_fail(SD_ERR_FORMAT, src, "header length %" PRIu64 " exceeds the file size %zu",
-                       n, len);
+        return st_fail(SD_ERR_FORMAT, src, "the 8-byte prefix plus the header length %" PRIu64
+                       " (%" PRIu64 " bytes) exceed the file size %zu", n, 8 + n, len);
     const unsigned char *h = buf + 8;
     /* Rule 4. */
     size_t bad = utf8_invalid_at(h, (size_t)n);

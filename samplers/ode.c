@@ -146,8 +146,10 @@ static sd_status call(sd_ode_rhs f, void *ctx, double t, const float *y, float *
                       sd_ode_stats *st, int64_t max_nfe)
 {
     if (st->nfe >= max_nfe)
-        return sd_error(SD_ERR_NUMERIC, "ode: gave up after %lld evaluations at t = %.9g",
-                        (long long)st->nfe, t);
+        return sd_error(SD_ERR_NUMERIC, "ode: evaluation budget of %lld (max_nfe) used up at "
+                        "t = %.9g after %lld steps and %lld rejections; the solve was abandoned "
+                        "(loosen rtol/atol)", (long long)max_nfe, t, (long long)st->accepted,
+                        (long long)st->rejected);
     st->nfe++;
     return f(ctx, t, y, dy);
 }
@@ -322,6 +324,13 @@ sd_status sd_ode_solve(const sd_ode_opts *o, sd_ode_rhs f, void *ctx, double t0,
         if (!(o->rtol > 0) || !(o->atol > 0) || !isfinite(o->rtol) || !isfinite(o->atol))
             return sd_error(SD_ERR_INVALID, "ode (rk45): rtol and atol must be > 0 (got %g, %g)",
                             o->rtol, o->atol);
+        if (o->rtol < SD_ODE_RTOL_MIN)
+            return sd_error(SD_ERR_INVALID, "ode (rk45): rtol %g is below %g, the floor for a "
+                            "float32 state (epsilon 1.2e-7: smaller errors are rounding noise)",
+                            o->rtol, SD_ODE_RTOL_MIN);
+        if (o->atol < SD_ODE_ATOL_MIN)
+            return sd_error(SD_ERR_INVALID, "ode (rk45): atol %g is below the floor %g", o->atol,
+                            SD_ODE_ATOL_MIN);
         if (o->h0 < 0 || o->max_step < 0)
             return sd_error(SD_ERR_INVALID, "ode (rk45): h0 and max_step must be >= 0");
     } else if (o->method == SD_ODE_EULER || o->method == SD_ODE_HEUN || o->method == SD_ODE_RK4) {
@@ -340,7 +349,12 @@ sd_status sd_ode_solve(const sd_ode_opts *o, sd_ode_rhs f, void *ctx, double t0,
     sd_ode_work *w = work;
     sd_status s = SD_OK;
     if (!w && (s = sd_ode_work_new(n, &w)) != SD_OK) return s;
-    int64_t max_nfe = o->max_nfe > 0 ? o->max_nfe : 1000000;
+    /* The default budget bounds RK45, whose work depends on the problem; a
+     * fixed-step method's work is its steps times its stages, chosen by the
+     * caller, and has a budget only when one is given. */
+    int64_t max_nfe = o->max_nfe > 0                ? o->max_nfe
+                      : o->method == SD_ODE_RK45 ? SD_ODE_MAX_NFE_DEFAULT
+                                                 : INT64_MAX;
     if (o->method == SD_ODE_RK45) s = solve_rk45(o, f, ctx, t0, t1, y, n, w, st, max_nfe);
     else s = solve_fixed(o, f, ctx, t0, t1, y, n, w, st, max_nfe);
     if (!work) sd_ode_work_free(w);

@@ -49,6 +49,19 @@
  * caller-provided sd_ode_work (reusable across calls of the same n). It never
  * allocates inside the step loop.
  *
+ * Tolerances. The state is float32, whose relative resolution is 1.2e-7
+ * (FLT_EPSILON): an error estimate cannot tell a relative error below a few
+ * epsilons from rounding noise, so RK45 asked for rtol = 1e-12 shrinks its
+ * step until the budget is gone. rtol below SD_ODE_RTOL_MIN (1e-6, ~8
+ * epsilons) and atol below SD_ODE_ATOL_MIN (1e-12) are refused.
+ *
+ * Budget. At most max_nfe evaluations of f per solve (RK45's default
+ * SD_ODE_MAX_NFE_DEFAULT = 100000, some 100 times what RK45 needs on the
+ * probability flow at rtol = 1e-6); when it is used up the solve fails with
+ * SD_ERR_NUMERIC and a message giving the budget and the time reached (the
+ * state is the last accepted one, never returned as a result). Fixed-step
+ * methods do steps x stages evaluations and have no default budget.
+ *
  * Errors. SD_ERR_INVALID for bad options; SD_ERR_NUMERIC if a stage or the
  * error norm is not finite, the step size underflows (10 ulps of t) or
  * max_nfe is exhausted; any status returned by f is passed through. On error y
@@ -78,13 +91,17 @@ typedef enum sd_ode_method {
     SD_ODE_RK45
 } sd_ode_method;
 
+#define SD_ODE_RTOL_MIN 1e-6
+#define SD_ODE_ATOL_MIN 1e-12
+#define SD_ODE_MAX_NFE_DEFAULT 100000
+
 typedef struct sd_ode_opts {
     sd_ode_method method;
     int steps;          /* fixed-step methods: number of steps, >= 1 */
     double rtol, atol;  /* RK45 tolerances, > 0 (defaults 1e-5) */
     double h0;          /* RK45 first step size; 0 = automatic (Hairer) */
     double max_step;    /* RK45 largest |h|; 0 = unbounded (|t1 - t0|) */
-    int64_t max_nfe;    /* give up after this many evaluations; 0 = 1e6 */
+    int64_t max_nfe;    /* give up after this many evaluations; 0 = the default */
     size_t n_groups;    /* error norm: max over groups of group RMS (see above) */
     sd_ode_step_fn on_step; /* optional per-step observer */
     void *on_step_ctx;

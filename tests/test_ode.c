@@ -325,6 +325,47 @@ START_TEST(test_errors)
 }
 END_TEST
 
+/* Issue 12: tolerances below what a float32 state can meet are refused
+ * before any evaluation, and RK45's default budget stops a solve that would
+ * run on, saying so with the time reached; fixed-step methods do the work
+ * they are asked for. */
+START_TEST(test_rk45_floor_and_budget)
+{
+    sd_ode_opts o = sd_ode_defaults(SD_ODE_RK45);
+    o.rtol = o.atol = 1e-12;
+    float y[2] = {1.0f, 0.0f};
+    prob p = {0};
+    ck_assert_int_eq(sd_ode_solve(&o, rhs_osc, &p, 0, 1, y, 2, NULL, NULL), SD_ERR_INVALID);
+    ck_assert_msg(strstr(sd_error_message(), "float32"), "%s", sd_error_message());
+    ck_assert_int_eq(p.calls, 0);
+    o.rtol = 1e-6;
+    o.atol = 1e-13;
+    ck_assert_int_eq(sd_ode_solve(&o, rhs_osc, &p, 0, 1, y, 2, NULL, NULL), SD_ERR_INVALID);
+    ck_assert_int_eq(p.calls, 0);
+    /* at the floor a solve works */
+    o.atol = 1e-12;
+    ck_assert_int_eq(sd_ode_solve(&o, rhs_osc, &p, 0, 1, y, 2, NULL, NULL), SD_OK);
+    /* ~160000 periods need millions of evaluations: the default budget of
+     * 100000 stops it */
+    sd_ode_stats st;
+    p = (prob){0};
+    y[0] = 1.0f;
+    y[1] = 0.0f;
+    ck_assert_int_eq(sd_ode_solve(&o, rhs_osc, &p, 0, 1e6, y, 2, NULL, &st), SD_ERR_NUMERIC);
+    ck_assert_int_le(st.nfe, 100000);
+    ck_assert_int_ge(st.nfe, 100000 - 7);
+    ck_assert_msg(strstr(sd_error_message(), "budget of 100000") &&
+                  strstr(sd_error_message(), "at t = "), "%s", sd_error_message());
+    ck_assert(isfinite(y[0]) && isfinite(y[1]));
+    /* a fixed-step method has no default budget: 200000 Euler steps run */
+    sd_ode_opts e = sd_ode_defaults(SD_ODE_EULER);
+    e.steps = 200000;
+    p = (prob){0};
+    ck_assert_int_eq(sd_ode_solve(&e, rhs_osc, &p, 0, 1, y, 2, NULL, &st), SD_OK);
+    ck_assert_int_eq(st.nfe, 200000);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("ode");
@@ -337,6 +378,7 @@ int main(void)
     tcase_add_test(tc, test_rk45_groups_take_worst_member);
     tcase_add_test(tc, test_observer_and_no_alloc);
     tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_rk45_floor_and_budget);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -323,7 +323,13 @@ START_TEST(test_lengths)
     blob b = mk(T1, d, 8);
     uint64_t too_big = 4096;
     memcpy(b.p, &too_big, 8);
-    expect_bad(b, "header length 4096 exceeds the file size 70");
+    expect_bad(b, "8-byte prefix plus the header length 4096 (4104 bytes) exceed the file size 70");
+    /* A header length below the file size that still does not fit with
+     * the prefix: the message must not read "65 exceeds 70" (issue 12). */
+    b = mk(T1, d, 8);
+    uint64_t near = 65;
+    memcpy(b.p, &near, 8);
+    expect_bad(b, "8-byte prefix plus the header length 65 (73 bytes) exceed the file size 70");
 
     b = mk(T1, d, 8);
     uint64_t huge = 123456789012ull;
@@ -349,7 +355,7 @@ START_TEST(test_truncation)
         blob b = {malloc(cut ? cut : 1), cut};
         memcpy(b.p, full.p, cut);
         if (cut < 8) expect_bad(b, "shorter than the 8-byte");
-        else if (cut < 8 + hl) expect_bad(b, "exceeds the file size");
+        else if (cut < 8 + hl) expect_bad(b, "exceed the file size");
         else expect_bad(b, "past the end of the");
     }
     sd_safetensors *st = expect_ok(full);

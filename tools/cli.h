@@ -24,12 +24,20 @@ int sd_cmd_loglik(int argc, char **argv);
 int sd_cmd_convert_idx(int argc, char **argv);
 int sd_cmd_info(int argc, char **argv);
 
-/* Print "scorediff <cmd>: <formatted message>\n" to stderr; returns `code`. */
+/* Print "scorediff <cmd>: <formatted message>\n" to stderr; returns `code`.
+ * Control characters in the message (from a file name, say) are printed
+ * escaped (cli_escape), so the message stays one line and a name cannot
+ * drive the terminal. */
 int cli_fail(const char *cmd, int code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+/* Copy s into buf (cap bytes, always terminated) with every control byte
+ * (0x00-0x1f, 0x7f) written as \xNN; returns buf. For every path or
+ * user-given string printed outside cli_fail. */
+const char *cli_escape(const char *s, char *buf, size_t cap);
+
 /* Exit code for a library status: 2 for bad input (INVALID, FORMAT, IO), 1 otherwise. */
 int cli_exit_code(sd_status st);
 
@@ -93,6 +101,49 @@ typedef struct sd_model sd_model;
 int cli_check_model_source(const char *cmd, const char *ckpt, const char *gmm, const char *sde);
 sd_status cli_load_model(const char *ckpt, const char *gmm, const char *sde, bool raw,
                          sd_model **m, char *transform, size_t tlen);
+
+/* ---- outputs never destroy inputs ---------------------------------------- */
+
+/* An input of the command, for cli_check_output: the option that named it and
+ * its path (NULL: not given). */
+typedef struct cli_input {
+    const char *opt;
+    const char *path;
+} cli_input;
+
+/* True if dir is a run directory of `scorediff train`: it holds
+ * checkpoint.safetensors or metrics.csv, or config.json next to a lock file. */
+bool cli_is_run_dir(const char *dir);
+
+/* Check, before any work, that the output file `out` (given as option `opt`)
+ * may be written. Refused (one line naming the path and the reason, returns
+ * 2; 0 when fine):
+ *   - a name that does not end in `ext` (".png", ".csv"; NULL: any);
+ *   - an existing path that is not a regular file (a directory, a FIFO, ...);
+ *   - one of the inputs: the same file (st_dev, st_ino) when it exists, or the
+ *     same resolved path;
+ *   - a file inside a run directory (its directory, or that directory's
+ *     parent, is one; see cli_is_run_dir): a run's checkpoint, config.json
+ *     and metrics.csv are never overwritten by an output;
+ *   - a directory that does not exist or cannot be written (with the
+ *     system's reason).
+ * Writes still go through a temporary file and a rename; this check is what
+ * keeps a wrong name from replacing something valuable. */
+int cli_check_output(const char *cmd, const char *opt, const char *out, const char *ext,
+                     const cli_input *inputs, size_t n_inputs);
+
+/* The same for an output directory (sample --out-dir): it may exist; it must
+ * not be a run directory or lie inside one, and no input may be one of the
+ * files DIR/00000.png .. written into it (n of them). */
+int cli_check_output_dir(const char *cmd, const char *opt, const char *dir, size_t n,
+                         const cli_input *inputs, size_t n_inputs);
+
+/* The file named by "C=FILE" in a dense noise-family spec ("dense:C=x.json,..."),
+ * into buf; NULL if the spec names none. An input like any other. */
+const char *cli_sde_file(const char *spec, char *buf, size_t cap);
+
+/* The lowest --rtol the ODE solvers accept, with the reason (samplers/ode.h). */
+int cli_check_tolerances(const char *cmd, double rtol, double atol);
 
 /* Ensure a directory exists (mkdir -p semantics for one level). */
 sd_status cli_mkdir(const char *path);

@@ -41,7 +41,8 @@ static void usage(FILE *f)
 "  --divergence exact|hutchinson   ODE divergence (default exact if D <= 64)\n"
 "  --probes n             Hutchinson probes per item, fixed along its path (1)\n"
 "  --probe rademacher|gaussian     (default rademacher)\n"
-"  --rtol X, --atol X     RK45 tolerances (1e-5)\n"
+"  --rtol X, --atol X     RK45 tolerances (1e-5; rtol >= 1e-6, the floor for float32,\n"
+"                         atol >= 1e-12); at most 100000 evaluations per batch\n"
 "  --K k                  chains per item (elbo 1, iwae 50)\n"
 "  --steps N              chain steps between eps and 1 (100)\n"
 "  --decoder full|iso|em  reverse step: moment-matched full covariance (D <= 64\n"
@@ -52,7 +53,8 @@ static void usage(FILE *f)
 "  --batch B              items per model evaluation (16 images, 256 points)\n"
 "  --seed S               probes, chains and dequantisation noise (0)\n"
 "  --raw                  use the raw weights instead of the EMA\n"
-"  --out FILE.csv         per-item rows (default: stdout, summary as # lines)\n"
+"  --out FILE.csv         per-item rows (default: stdout, summary as # lines); never\n"
+"                         an input or a file inside a run directory\n"
 "  --quiet                no progress display\n"
 "Bits/dim = -(log p(x) - D log 256) / (D ln 2) for x in [0,1]^D (images only).\n"
 "--sde (with --gmm) as in scorediff sample --help: ncsn, ve, vp, subvp,\n"
@@ -106,8 +108,8 @@ static int parse(int argc, char **argv, opts *o, bool *help)
         CLI_INT("--batch", 1, 1 << 20, batch)
         CLI_INT("--seed", 0, 9223372036854775807LL, seed)
         CLI_DBL("--eps", 0.0, 1.0, eps)
-        CLI_DBL("--rtol", 1e-12, 1.0, rtol)
-        CLI_DBL("--atol", 1e-12, 1.0, atol)
+        CLI_DBL("--rtol", 0.0, 1.0, rtol) /* floors: cli_check_tolerances */
+        CLI_DBL("--atol", 0.0, 1.0, atol)
         return cli_fail(CMD, 2, "unknown option '%s' (see scorediff loglik --help)", a);
     }
     if (err) return 2;
@@ -116,6 +118,20 @@ static int parse(int argc, char **argv, opts *o, bool *help)
     if (!o->method) return cli_fail(CMD, 2, "--method ode|elbo|iwae is required");
     if (strcmp(o->method, "ode") && strcmp(o->method, "elbo") && strcmp(o->method, "iwae"))
         return cli_fail(CMD, 2, "--method %s: expected ode, elbo or iwae", o->method);
+    if (cli_check_tolerances(CMD, o->rtol, o->atol)) return 2;
+    if (o->out) {
+        /* the per-item rows never replace the model, the data or a run's files */
+        char ckpt[4200], cov[4096];
+        struct stat sb;
+        if (o->ckpt && stat(o->ckpt, &sb) == 0 && S_ISDIR(sb.st_mode))
+            snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", o->ckpt);
+        else
+            snprintf(ckpt, sizeof ckpt, "%s", o->ckpt ? o->ckpt : "");
+        const cli_input in[] = {{"--ckpt", o->ckpt ? ckpt : NULL}, {"--gmm", o->gmm},
+                                {"--data", o->data},
+                                {"--sde", cli_sde_file(o->sde, cov, sizeof cov)}};
+        if (cli_check_output(CMD, "--out", o->out, ".csv", in, sizeof in / sizeof *in)) return 2;
+    }
     return 0;
 }
 
@@ -232,6 +248,23 @@ int sd_cmd_loglik(int argc, char **argv)
         sd_model_free(m);
         return cli_fail(CMD, 2, "--method %s needs an isotropic noise family (ncsn, ve, vp, "
                                 "subvp), not %s; use --method ode", o.method, spec);
+    }
+    /* An image folder against a points model (or the reverse) would be loaded
+     * at the model's shape and fail with a confusing size message. */
+    struct stat dsb;
+    bool points_model = m->H == 1 && m->W == 1;
+    bool folder = stat(o.data, &dsb) == 0 && S_ISDIR(dsb.st_mode);
+    if (points_model && folder) {
+        rc = cli_fail(CMD, 2, "%s: is an image folder, but the model (%s) is a model of %zu-D "
+                      "points; give a CSV file of %zu-D points", o.data, o.ckpt ? o.ckpt : o.gmm,
+                      m->D, m->D);
+        goto done;
+    }
+    if (!points_model && !folder) {
+        rc = cli_fail(CMD, 2, "%s: is not an image folder, but the model (%s) is an image model "
+                      "(%dx%dx%d); give a folder of images", o.data, o.ckpt ? o.ckpt : o.gmm,
+                      m->C, m->H, m->W);
+        goto done;
     }
     sd_image_opts io = {.channels = m->C, .size = m->H};
     if (m->C != 1 && m->C != 3) io.channels = 1; /* points: the CSV loader ignores io */

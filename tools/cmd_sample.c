@@ -36,6 +36,8 @@ static void usage(FILE *f)
 "  --trajectory FILE      snapshots along the way of the first samples (PNG grid:\n"
 "                         one row per sample; CSV for low-dimensional models)\n"
 "  --snapshots K          number of snapshots (default 8)\n"
+"  An output never replaces an input (--ckpt, --gmm, --image, --mask) or a file\n"
+"  inside a run directory; such names are refused before any work.\n"
 "Common options\n"
 "  --seed S               random seed (default 0); same seed, same samples\n"
 "  --batch B              samples processed together (default 256; bounds memory)\n"
@@ -58,7 +60,9 @@ static void usage(FILE *f)
 "Probability flow ODE\n"
 "  --method M             euler | heun | rk4 | rk45 (default)\n"
 "  --steps N              fixed-step methods: steps (default 100)\n"
-"  --rtol X, --atol X     rk45 tolerances (default 1e-5)\n"
+"  --rtol X, --atol X     rk45 tolerances (default 1e-5; rtol >= 1e-6, the floor for\n"
+"                         float32, atol >= 1e-12); at most 100000 evaluations per\n"
+"                         batch (the solver's budget), else it stops with an error\n"
 "Inpainting and colorization (Song et al. 2021, App. I; langevin or pc;\n"
 "isotropic families ncsn, ve, vp, subvp only)\n"
 "  --image FILE           the image to complete (PNG, JPEG, ...; resized to the model)\n"
@@ -127,8 +131,8 @@ static int parse(int argc, char **argv, opts *o, bool *help)
         CLI_DBL("--eps", 0.0, 0.999999, eps)
         CLI_DBL("--step-eps", 1e-30, 1e30, step_eps)
         CLI_DBL("--snr", 1e-12, 1e6, snr)
-        CLI_DBL("--rtol", 1e-12, 1.0, rtol)
-        CLI_DBL("--atol", 1e-12, 1.0, atol)
+        CLI_DBL("--rtol", 0.0, 1.0, rtol) /* floors: cli_check_tolerances */
+        CLI_DBL("--atol", 0.0, 1.0, atol)
         return cli_fail(CMD, 2, "unknown option '%s' (see scorediff sample --help)", a);
     }
     if (err) return 2;
@@ -141,6 +145,9 @@ static int parse(int argc, char **argv, opts *o, bool *help)
         return cli_fail(CMD, 2, "--image needs --mask (inpainting) or --colorize");
     if (o->colorize && (!o->image || o->mask))
         return cli_fail(CMD, 2, "--colorize needs --image and no --mask");
+    if (cli_check_tolerances(CMD, o->rtol, o->atol)) return 2;
+    if (o->out && o->trajectory && !strcmp(o->out, o->trajectory))
+        return cli_fail(CMD, 2, "--out and --trajectory both name %s; give two files", o->out);
     return 0;
 }
 
@@ -148,6 +155,30 @@ static bool ends_with(const char *s, const char *suffix)
 {
     size_t a = strlen(s), b = strlen(suffix);
     return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* No output may replace an input or a run's files, and each name says what
+ * it holds (PNG for images, CSV for points); see cli_check_output. Returns
+ * an exit code. */
+static int check_outputs(const opts *o, bool points, size_t n)
+{
+    char ckpt[4200], cov[4096];
+    struct stat sb;
+    if (o->ckpt && stat(o->ckpt, &sb) == 0 && S_ISDIR(sb.st_mode))
+        snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", o->ckpt);
+    else
+        snprintf(ckpt, sizeof ckpt, "%s", o->ckpt ? o->ckpt : "");
+    const cli_input in[] = {{"--ckpt", o->ckpt ? ckpt : NULL}, {"--gmm", o->gmm},
+                            {"--image", o->image}, {"--mask", o->mask},
+                            {"--sde", cli_sde_file(o->sde, cov, sizeof cov)}};
+    const size_t nin = sizeof in / sizeof *in;
+    const char *ext = points ? ".csv" : ".png";
+    if (o->out_dir && !points && cli_check_output_dir(CMD, "--out-dir", o->out_dir, n, in, nin))
+        return 2;
+    if (o->out && cli_check_output(CMD, "--out", o->out, ext, in, nin)) return 2;
+    if (o->trajectory && cli_check_output(CMD, "--trajectory", o->trajectory, ext, in, nin))
+        return 2;
+    return 0;
 }
 
 /* Sampler options from the command line; returns an exit code. */
@@ -404,7 +435,7 @@ int sd_cmd_sample(int argc, char **argv)
                               "FILE.csv)", D);
         goto done;
     }
-    if (points && ends_with(o.out, ".png")) {
+    if (points && o.out && ends_with(o.out, ".png")) {
         rc = cli_fail(CMD, 2, "%s: this model has %zu-D points; write a CSV file", o.out, D);
         goto done;
     }
@@ -413,6 +444,7 @@ int sd_cmd_sample(int argc, char **argv)
                       o.out);
         goto done;
     }
+    if ((rc = check_outputs(&o, points, n)) != 0) goto done;
     if (o.image && (rc = load_conditioning(&o, m, transform, n, &data, &mask)) != 0) goto done;
     if ((st = sd_scorer_from_model(m, &sc)) != SD_OK) {
         rc = cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
@@ -455,7 +487,7 @@ int sd_cmd_sample(int argc, char **argv)
         rc = cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
         goto done;
     }
-    char sde[256], method[96] = "";
+    char sde[256], method[96] = "", esc[4 * 4200];
     sd_sde_to_string(&m->sde, sde, sizeof sde);
     if (so.kind == SD_SAMPLER_PC)
         snprintf(method, sizeof method, " (%s%s)", sd_predictor_name(so.predictor),
@@ -473,7 +505,7 @@ int sd_cmd_sample(int argc, char **argv)
                (long long)stats.ode_rejected);
     printf(", %.0f score evaluations/s -> %s\n",
            stats.seconds > 0 ? (double)stats.points / stats.seconds : 0.0,
-           o.out ? o.out : o.out_dir);
+           cli_escape(o.out ? o.out : o.out_dir, esc, sizeof esc));
 done:
     sd_free(x);
     sd_free(data);

@@ -2,6 +2,7 @@
  * The run itself is tools/train_loop.c. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -56,9 +57,14 @@ static void usage(FILE *f)
 "  --weighting W          variance or likelihood (default variance)\n"
 "Optimisation (Adam)\n"
 "  --lr X (2e-4)  --warmup N (min(5000, steps/10))  --cosine  --clip X (1; 0 = off)\n"
-"  --ema X (0.999; warmed up as min(X, (1+step)/(10+step)))\n  --batch B (128 images, 256 points)  --steps N (10000)  --seed S (0)\n"
+"  --ema X (0.999; warmed up as min(X, (1+step)/(10+step)))\n  --batch B (128 images, 256 points)  --steps N (10000)  --seed S (0)\n");
+    /* two strings: C11 compilers need only take 4095 characters in one */
+    fprintf(f,
 "Run\n"
 "  --out RUN_DIR          config.json, checkpoint.safetensors and metrics.csv go here\n"
+"                         (not the data, nor inside an image folder); a directory\n"
+"                         with a run that never wrote a checkpoint is started again;\n"
+"                         every option is checked before the directory is made\n"
 "  --resume RUN_DIR       continue a run; options fixed for a run may be repeated but\n"
 "                         not changed; --steps, --ckpt-every, --log-every,\n"
 "                         --sample-every and --threads may change\n"
@@ -168,14 +174,14 @@ int sd_train_parse_args(int argc, char **argv, sd_train_opts *o, bool *help)
         INT("--channels", SD_TOPT_CHANNELS, 1, 3, channels)
         INT("--size", SD_TOPT_SIZE, 1, 16384, size)
         INT("--warmup", SD_TOPT_WARMUP, 0, INT64_MAX / 2, warmup)
-        INT("--batch", SD_TOPT_BATCH, 1, 65536, batch)
+        INT("--batch", SD_TOPT_BATCH, 1, SD_TRAIN_MAX_BATCH, batch)
         INT("--steps", SD_TOPT_STEPS, 1, INT64_MAX / 2, steps)
         INT("--ckpt-every", SD_TOPT_CKPT, 1, INT64_MAX / 2, ckpt_every)
         INT("--log-every", SD_TOPT_LOG, 1, INT64_MAX / 2, log_every)
         INT("--sample-every", SD_TOPT_SAMPLE, 0, INT64_MAX / 2, sample_every)
         INT("--threads", SD_TOPT_THREADS, 1, 1024, threads)
-        DBL("--lr", SD_TOPT_LR, 0.0, 1e300, lr)
-        DBL("--clip", SD_TOPT_CLIP, 0.0, 1e300, clip)
+        DBL("--lr", SD_TOPT_LR, 0.0, FLT_MAX, lr) /* finite as a float */
+        DBL("--clip", SD_TOPT_CLIP, 0.0, FLT_MAX, clip)
         DBL("--ema", SD_TOPT_EMA, 0.0, 1.0, ema)
         if (OPT("--seed")) {
             if (err) return 2;
@@ -365,8 +371,8 @@ sd_status sd_run_config_read(const char *dir, sd_train_opts *o)
     S("data", data) S("data_transform", transform) S("model", model) S("sde", sde)
     N("channels", channels, 1, 3) N("size", size, 0, 16384) B("flip", flip)
     N("ch", ch, 1, 4096) N("num_res_blocks", num_res_blocks, 1, SD_UNET_MAX_RES_BLOCKS)
-    N("lr", lr, 0, 1e300) N("warmup", warmup, 0, 9e15) B("cosine", cosine)
-    N("clip", clip, 0, 1e300) N("ema", ema, 0, 1) N("batch", batch, 1, 65536)
+    N("lr", lr, 0, FLT_MAX) N("warmup", warmup, 0, 9e15) B("cosine", cosine)
+    N("clip", clip, 0, FLT_MAX) N("ema", ema, 0, 1) N("batch", batch, 1, SD_TRAIN_MAX_BATCH)
     N("steps", steps, 1, 9e15) N("ckpt_every", ckpt_every, 1, 9e15)
     N("log_every", log_every, 1, 9e15) N("sample_every", sample_every, 0, 9e15)
     N("threads", threads, 1, 1024)

@@ -14,6 +14,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <float.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +31,7 @@
 #include "cli.h"
 #include "sd/data.h"
 #include "sd/gemm.h"
+#include "sd/safetensors.h"
 #include "trainer.h"
 
 #define CMD "train"
@@ -52,6 +56,10 @@ typedef struct run {
     float *stash; /* parameters while the sample hook sees the EMA */
     FILE *metrics;
     int lock_fd;
+    bool created_dir; /* this invocation made RUN_DIR (removed again on a failed start) */
+    bool started;     /* the first step began: the run's files tell its story from here */
+    /* out, data and the checkpoint path as printed: control bytes escaped */
+    char eout[4 * P], edata[4 * P], eckpt[4 * P];
     char ckpt[P], metrics_path[P];
     /* NCSNv2 report */
     bool have_dist, sigma_from_data, levels_from_data;
@@ -237,7 +245,9 @@ double sd_ncsnv2_step_size(double gamma, double sigma_min, int T)
 static void warn_cb(void *ctx, const char *path, const char *reason)
 {
     (void)ctx;
-    fprintf(stderr, "scorediff train: warning: %s: %s\n", path, reason);
+    char e[4 * P], r[1024];
+    fprintf(stderr, "scorediff train: warning: %s: %s\n", cli_escape(path, e, sizeof e),
+            cli_escape(reason, r, sizeof r));
 }
 
 static int load_data(run *R)
@@ -251,11 +261,11 @@ static int load_data(run *R)
         if (o->given & (SD_TOPT_CHANNELS | SD_TOPT_SIZE | SD_TOPT_FLIP))
             return fail(2, "%s: --channels, --size and --flip apply to image folders only", o->data);
         if (!o->dry_run)
-            fprintf(stderr, "scorediff train: data %s: %zu points of dimension %d\n", o->data,
+            fprintf(stderr, "scorediff train: data %s: %zu points of dimension %d\n", R->edata,
                     ds->n, ds->c);
     } else if (!o->dry_run) {
         fprintf(stderr, "scorediff train: data %s: %zu images %dx%dx%d (%zu skipped, %zu other "
-                        "files ignored)\n", o->data, ds->n, ds->c, ds->h, ds->w,
+                        "files ignored)\n", R->edata, ds->n, ds->c, ds->h, ds->w,
                 ds->summary.skipped, ds->summary.ignored);
     }
     return 0;
@@ -394,10 +404,10 @@ static void describe(const run *R, FILE *f)
     const sd_train_opts *o = &R->o;
     const sd_dataset *ds = &R->ds;
     if (ds->kind == SD_DATA_POINTS)
-        fprintf(f, "data:       %s: %zu points of dimension %d\n", o->data, ds->n, ds->c);
+        fprintf(f, "data:       %s: %zu points of dimension %d\n", R->edata, ds->n, ds->c);
     else
         fprintf(f, "data:       %s: %zu images, %dx%dx%d (%zu of %zu image files skipped, %zu "
-                   "other files ignored)\n", o->data, ds->n, ds->c, ds->h, ds->w,
+                   "other files ignored)\n", R->edata, ds->n, ds->c, ds->h, ds->w,
                 ds->summary.skipped, ds->summary.candidates, ds->summary.ignored);
     char cfg[1024] = "";
     sd_model_config_json(R->m, cfg, sizeof cfg);
@@ -490,19 +500,29 @@ static int prepare_dir(run *R)
 {
     const char *out = R->o.out;
     if (!out[0]) return fail(2, "%s", "--out RUN_DIR is required (or --resume RUN_DIR)");
+    R->created_dir = !file_exists(out);
     if (cli_mkdir(out) != SD_OK) return fail(2, "%s", sd_error_message());
     char path[P];
     if (!join(path, out, "lock") || !join(R->ckpt, out, "checkpoint.safetensors") ||
         !join(R->metrics_path, out, "metrics.csv"))
         return fail(2, "%s: path too long", out);
     R->lock_fd = open(path, O_RDWR | O_CREAT, 0644);
-    if (R->lock_fd < 0) return fail(2, "%s", strerror(errno));
+    if (R->lock_fd < 0)
+        return cli_fail(CMD, 2, "%s: cannot open the run's lock file: %s%s", path, strerror(errno),
+                        errno == EISDIR ? " (remove that directory; the run creates the file)"
+                                        : "");
     if (flock(R->lock_fd, LOCK_EX | LOCK_NB) != 0)
         return fail(2, "%s: the run directory is in use by another scorediff train", out);
     join(path, out, "config.json");
-    if (!R->o.resume && (file_exists(path) || file_exists(R->ckpt)))
+    if (!R->o.resume && file_exists(R->ckpt))
         return fail(2, "%s: already holds a run; continue it with --resume, or choose a new --out",
                     out);
+    /* A run that never wrote a checkpoint (a start that failed, or a run
+     * stopped before its first checkpoint) has nothing to continue: --out
+     * starts it again in place, with the options given now. */
+    if (!R->o.resume && file_exists(path))
+        fprintf(stderr, "scorediff train: %s holds a run without a checkpoint; starting it "
+                        "again from step 0\n", R->eout);
     remove_stale_temps(out);
     /* A resumed run keeps the NCSNv2 and data entries of the first one. */
     char extra[1536] = "";
@@ -515,6 +535,8 @@ static int prepare_dir(run *R)
                  "\"data_items\":%zu,\"data_shape\":[%d,%d,%d]",
                  R->in->sde, dist, R->dist_items, R->gamma, R->levels, R->eps, LANGEVIN_T, R->ds.n,
                  R->ds.c, R->ds.h, R->ds.w);
+    /* a restarted run's config.json is a new one, not a merge with the old */
+    if (!R->o.resume) unlink(path);
     sd_status st = sd_run_config_write(out, &R->o, extra[0] ? extra : NULL);
     if (st != SD_OK) return fail(1, "%s", sd_error_message());
     if (R->h->sample && R->o.sample_every > 0 && R->ds.kind == SD_DATA_IMAGES) {
@@ -644,10 +666,94 @@ static void call_sampler(run *R)
 
 /* ---- the loop --------------------------------------------------------------- */
 
-static int train(run *R, sd_train_result *res)
+/* ---- memory of a training step ---------------------------------------------- */
+
+/* Peak arena bytes of one forward + backward of the loss on b items, on a
+ * scratch graph with a scratch gradient buffer and fixed streams: the run's
+ * parameters, gradients and random numbers are untouched. 0 on failure. */
+static size_t trial_step_bytes(run *R, const sd_objective *obj, int b, float *x, float *grad)
+{
+    sd_params pc = *R->m->params;
+    pc.grad = grad;
+    sd_model mc = *R->m;
+    mc.params = &pc;
+    sd_graph *g = sd_graph_new();
+    if (!g) return 0;
+    size_t D = R->m->D, n = R->ds.n;
+    for (int i = 0; i < b; i++) item_floats(R, (size_t)i % n, x + (size_t)i * D);
+    sd_rng tr, nr;
+    sd_rng_init(&tr, 0x5eed, SD_STREAM_TIME);
+    sd_rng_init(&nr, 0x5eed, SD_STREAM_NOISE);
+    size_t peak = 0;
+    sd_tensor *loss = sd_objective_loss(obj, &mc, g, x, b, &tr, &nr, NULL);
+    if (loss && sd_graph_backward(g, loss, NULL) == SD_OK) peak = sd_graph_arena_peak(g);
+    sd_graph_free(g);
+    return peak;
+}
+
+/* Bytes this process can still get: MemAvailable, and the room left under an
+ * address-space limit (RLIMIT_AS) if one is set. 0 if unknown. */
+static double available_bytes(void)
+{
+    double avail = 0.0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long long kb;
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) avail = (double)kb * 1024.0;
+    }
+    if (f) fclose(f);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        unsigned long long pages = 0;
+        FILE *s = fopen("/proc/self/statm", "r");
+        if (s && fscanf(s, "%llu", &pages) != 1) pages = 0;
+        if (s) fclose(s);
+        double room = (double)rl.rlim_cur - (double)pages * (double)sysconf(_SC_PAGESIZE);
+        if (room < 0) room = 0;
+        if (avail == 0.0 || room < avail) avail = room;
+    }
+    return avail;
+}
+
+/* A step of B items needs about T * fixed + B * per_item arena bytes (T
+ * shards; per_item and fixed from trial steps of 1 and 2 items), plus a
+ * gradient buffer per shard and the loader's batches. Refused before the run
+ * directory exists when that is more than the process can get, naming the
+ * figure. It is a lower bound (the arena grows by doubling, and some ops
+ * take scratch memory outside it), so a batch under it can still run out:
+ * the step then stops with an out-of-memory message naming the batch. */
+static int check_batch_memory(run *R)
+{
+    const sd_train_opts *o = &R->o;
+    const size_t D = R->m->D, total = R->m->params->total;
+    float *x = sd_malloc(2 * D * sizeof(float)), *grad = sd_malloc(total * sizeof(float));
+    sd_objective obj = R->tr->cfg.objective;
+    size_t p1 = x && grad ? trial_step_bytes(R, &obj, 1, x, grad) : 0;
+    size_t p2 = p1 ? trial_step_bytes(R, &obj, 2, x, grad) : 0;
+    sd_free(x);
+    sd_free(grad);
+    if (!p1 || !p2 || p2 <= p1) return 0; /* no estimate; the step will tell */
+    double per_item = (double)(p2 - p1), fixed = (double)p1 - per_item;
+    if (fixed < 0) fixed = 0;
+    /* the trainer's shards: one per thread, at most 64 (models/trainer.c) */
+    int T = sd_threads_get() < 64 ? sd_threads_get() : 64;
+    if (T < 1 || o->batch < 2 * T) T = 1;
+    double B = (double)o->batch, item_bytes = (double)D * sizeof(float);
+    double need = T * (fixed + (double)total * sizeof(float)) + B * per_item + 3 * B * item_bytes;
+    double avail = available_bytes();
+    if (avail <= 0 || need <= avail) return 0;
+    return cli_fail(CMD, 2, "--batch %" PRId64 ": a training step needs about %.2f GB (%.1f KB per "
+                    "item, measured on a trial step), more than the %.2f GB this process can get; "
+                    "use a smaller --batch", o->batch, need / 1e9, per_item / 1e3, avail / 1e9);
+}
+
+/* Everything that can fail before the first step and needs no run
+ * directory: the trainer (optimizer state), the loader and the batch buffer.
+ * Runs before prepare_dir, so that a failed start leaves no directory. */
+static int setup_training(run *R)
 {
     sd_train_opts *o = &R->o;
-    const sd_train_hooks *h = R->h;
     sd_model_init(R->m, o->seed);
     sd_train_config tc = sd_train_config_default(&R->sde, o->steps, o->seed);
     tc.lr = (float)o->lr;
@@ -658,16 +764,63 @@ static int train(run *R, sd_train_result *res)
     tc.objective.kind = o->objective;
     tc.objective.weighting = o->weighting;
     sd_status st = sd_trainer_new(R->m, &tc, &R->tr);
-    if (st != SD_OK) return fail(1, "%s", sd_error_message());
+    if (st != SD_OK) return fail(cli_exit_code(st), "%s", sd_error_message());
+    const int64_t B = o->batch;
+    sd_loader_opts lo = {.batch = (size_t)B, .seed = o->seed, .dequant = 1, .hflip = o->flip,
+                         .threaded = 1};
+    if ((st = sd_loader_new(&R->ds, &lo, &R->ld)) != SD_OK)
+        return fail(st == SD_ERR_NOMEM ? 1 : cli_exit_code(st), "%s", sd_error_message());
+    const size_t D = R->m->D;
+    size_t bytes;
+    if (strcmp(o->transform, "centered") == 0 &&
+        (sd_mul_size((size_t)B, D * sizeof(float), &bytes) || !(R->xbuf = sd_malloc(bytes))))
+        return cli_fail(CMD, 1, "out of memory: a batch of %" PRId64 " items of %zu floats",
+                        B, D);
+    return check_batch_memory(R);
+}
+
+/* The checkpoint of the run being resumed was made by this run's settings:
+ * the model configuration is checked by the loader; the noise family and the
+ * data transform are compared here (another run's checkpoint copied into
+ * RUN_DIR would otherwise continue under settings it was not trained with). */
+static int check_ckpt_matches(run *R)
+{
+    sd_safetensors *f = NULL;
+    sd_status st = sd_safetensors_open(R->ckpt, &f);
+    if (st != SD_OK) return fail(2, "%s", sd_error_message());
+    const char *sde = sd_safetensors_meta(f, "sde"), *tr = sd_safetensors_meta(f, "data_transform");
+    char mine[256], cfg[P + 16];
+    sd_sde_to_string(&R->m->sde, mine, sizeof mine);
+    join(cfg, R->o.out, "config.json");
+    int rc = 0;
+    if (!sde || strcmp(sde, mine) != 0)
+        rc = cli_fail(CMD, 2, "%s: the checkpoint's noise family %s differs from the run's %s "
+                      "(%s); it belongs to another run", R->ckpt, sde ? sde : "(missing)", mine,
+                      cfg);
+    else if (strcmp(tr ? tr : "identity", R->o.transform) != 0)
+        rc = cli_fail(CMD, 2, "%s: the checkpoint's data transform %s differs from the run's %s "
+                      "(%s); it belongs to another run", R->ckpt, tr ? tr : "identity (missing)",
+                      R->o.transform, cfg);
+    sd_safetensors_close(f);
+    return rc;
+}
+
+static int train(run *R, sd_train_result *res)
+{
+    sd_train_opts *o = &R->o;
+    const sd_train_hooks *h = R->h;
+    sd_status st;
+    int rc;
     bool have_ckpt = o->resume && file_exists(R->ckpt);
     if (have_ckpt) {
+        if ((rc = check_ckpt_matches(R)) != 0) return rc;
         sd_ckpt_meta meta;
         if ((st = sd_checkpoint_load_trainer(R->ckpt, R->m, R->tr, &meta)) != SD_OK)
             return fail(2, "%s", sd_error_message());
         if (meta.seed != o->seed)
             return fail(2, "%s: checkpoint seed differs from config.json", R->ckpt);
     } else if (o->resume) {
-        fprintf(stderr, "scorediff train: %s has no checkpoint yet; starting at step 0\n", o->out);
+        fprintf(stderr, "scorediff train: %s has no checkpoint yet; starting at step 0\n", R->eout);
     }
     const int64_t step0 = R->tr->step, B = o->batch;
     res->first_step = res->step = step0;
@@ -678,26 +831,21 @@ static int train(run *R, sd_train_result *res)
     }
     double running, elapsed0;
     bool have_row;
-    int rc = open_metrics(R, step0, &running, &elapsed0, &have_row);
-    if (rc) return rc;
+    if ((rc = open_metrics(R, step0, &running, &elapsed0, &have_row)) != 0) return rc;
     if (step0 > 0 && !have_row)
         fprintf(stderr, "scorediff train: warning: metrics.csv has no row for step %" PRId64
                         "; the running loss restarts\n", step0);
-    sd_loader_opts lo = {.batch = (size_t)B, .seed = o->seed, .dequant = 1, .hflip = o->flip,
-                         .threaded = 1};
-    if ((st = sd_loader_new(&R->ds, &lo, &R->ld)) != SD_OK) return fail(1, "%s", sd_error_message());
     sd_loader_seek(R->ld, (uint64_t)step0);
     const size_t D = R->m->D;
     const bool centered = strcmp(o->transform, "centered") == 0;
-    if (centered && !(R->xbuf = sd_malloc((size_t)B * D * sizeof(float))))
-        return fail(1, "%s", sd_error_message());
     fprintf(stderr, "scorediff train: %s, %zu parameters, %s, batch %" PRId64 ", steps %" PRId64
                     "..%" PRId64 " -> %s\n", o->model, sd_params_trainable_count(R->m->params),
-            o->sde, B, step0 + 1, o->steps, o->out);
+            o->sde, B, step0 + 1, o->steps, R->eout);
     char blas[256];
     sd_blas_describe(blas, sizeof blas);
     fprintf(stderr, "scorediff train: %d threads, %s\n", sd_threads_get(), blas);
 
+    R->started = true;
     const bool sampling = h->sample && o->sample_every > 0 && R->ds.kind == SD_DATA_IMAGES;
     if (o->sample_every > 0 && !sampling)
         fprintf(stderr, "scorediff train: warning: --sample-every: sample grids are for image "
@@ -722,8 +870,13 @@ static int train(run *R, sd_train_result *res)
                 snprintf(where, sizeof where, "the last checkpoint %s (step %" PRId64
                          ") is untouched", R->ckpt, last_ckpt);
             else
-                snprintf(where, sizeof where, "no checkpoint was written");
+                snprintf(where, sizeof where, "no checkpoint was written (start again in place "
+                         "with --out %s)", o->out);
             fflush(R->metrics);
+            if (st == SD_ERR_NOMEM) /* the step's memory grows with the batch */
+                return cli_fail(CMD, 1, "training stopped at step %" PRId64 ": %s, with batch %"
+                                PRId64 " (try a smaller --batch); %s", R->tr->step + 1,
+                                sd_error_message(), B, where);
             return cli_fail(CMD, 1, "training stopped: %s; %s", sd_error_message(), where);
         }
         const int64_t step = R->tr->step;
@@ -766,15 +919,103 @@ static int train(run *R, sd_train_result *res)
             fprintf(stderr, "scorediff train: interrupted (%s) after step %" PRId64 " of %" PRId64
                             "; checkpoint %s; continue with: scorediff train --resume %s\n",
                     sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal", step,
-                    o->steps, R->ckpt, o->out);
+                    o->steps, R->eckpt, R->eout);
             return 128 + sig;
         }
     }
     if (!h->quiet) cli_progress_end(&prog, R->tr->step, extra);
     fprintf(stderr, "scorediff train: done: step %" PRId64 ", loss %.5g (running %.5g), %.1f "
                     "images/s; checkpoint %s\n", R->tr->step, (double)res->last_loss, running,
-            res->images_per_s, R->ckpt);
+            res->images_per_s, R->eckpt);
     return 0;
+}
+
+/* Every option in its range before any work (and before a run directory
+ * exists); the parser checks the same ranges, this covers in-process callers
+ * and config.json. Returns 0 or 2 after printing the problem. */
+static int validate(const sd_train_opts *o)
+{
+    if (o->steps <= 0 || o->ckpt_every <= 0 || o->log_every <= 0)
+        return fail(2, "%s", "--steps, --ckpt-every and --log-every must be positive");
+    if (o->batch < 0 || o->batch > SD_TRAIN_MAX_BATCH)
+        return cli_fail(CMD, 2, "--batch %" PRId64 ": expected 1 to %d", o->batch,
+                        SD_TRAIN_MAX_BATCH);
+    /* the optimizer works in float: a rate beyond float's range is infinite */
+    if (!(o->lr >= 0 && o->lr <= FLT_MAX))
+        return cli_fail(CMD, 2, "--lr %g: expected a number in [0, %g] (finite as a float)",
+                        o->lr, (double)FLT_MAX);
+    if (!(o->clip >= 0 && o->clip <= FLT_MAX))
+        return cli_fail(CMD, 2, "--clip %g: expected a number in [0, %g]", o->clip,
+                        (double)FLT_MAX);
+    if (!(o->ema >= 0 && o->ema <= 1)) return cli_fail(CMD, 2, "--ema %g: expected [0, 1]", o->ema);
+    if (o->warmup < -1 || o->sample_every < 0)
+        return fail(2, "%s", "--warmup and --sample-every must be >= 0");
+    if (o->threads < 0 || o->threads > 1024)
+        return cli_fail(CMD, 2, "--threads %d: expected 1 to 1024", o->threads);
+    if (o->channels < 1 || o->channels > 3 || o->size < 0 || o->size > 16384)
+        return fail(2, "%s", "--channels takes 1 or 3, --size 1 to 16384");
+    if (!o->resume && !o->dry_run && o->out[0] && o->data[0]) {
+        /* The run directory is neither the data nor inside an image folder
+         * (whose recursive walk would read its sample grids as data next
+         * time), and the data is not a file of the run directory. */
+        char rd[PATH_MAX], ro[PATH_MAX], parent[PATH_MAX];
+        const char *slash;
+        if (realpath(o->data, rd)) {
+            bool have_out = realpath(o->out, ro) != NULL;
+            if (!have_out && (slash = strrchr(o->out, '/'))) {
+                size_t n = slash == o->out ? 1 : (size_t)(slash - o->out);
+                if (n < sizeof parent) {
+                    memcpy(parent, o->out, n);
+                    parent[n] = '\0';
+                    char rp[PATH_MAX];
+                    if (realpath(parent, rp) &&
+                        snprintf(ro, sizeof ro, "%s/%s", rp, slash + 1) < (int)sizeof ro)
+                        have_out = true;
+                }
+            } else if (!have_out && getcwd(parent, sizeof parent) &&
+                       snprintf(ro, sizeof ro, "%s/%s", parent, o->out) < (int)sizeof ro) {
+                have_out = true;
+            }
+            size_t ld = strlen(rd), lo = have_out ? strlen(ro) : 0;
+            if (have_out && strcmp(rd, ro) == 0)
+                return cli_fail(CMD, 2, "--out %s: is the data (--data %s); the run directory "
+                                "must be another path", o->out, o->data);
+            if (have_out && lo > ld && strncmp(ro, rd, ld) == 0 && ro[ld] == '/')
+                return cli_fail(CMD, 2, "--out %s: is inside the data folder %s; its files "
+                                "would be read as data: choose a run directory outside it",
+                                o->out, o->data);
+            if (have_out && ld > lo && strncmp(rd, ro, lo) == 0 && rd[lo] == '/')
+                return cli_fail(CMD, 2, "--data %s: is inside the run directory %s, whose files "
+                                "the run rewrites", o->data, o->out);
+        }
+    }
+    return 0;
+}
+
+/* A start that failed before its first step leaves nothing behind: the files
+ * this invocation made in RUN_DIR, and RUN_DIR itself if it made it. A
+ * directory that already held something keeps it. */
+static void remove_failed_start(run *R)
+{
+    if (!R->created_dir || R->o.resume || !R->o.out[0]) return;
+    char path[P];
+    const char *names[] = {"config.json", "config.json.tmp", "metrics.csv", "metrics.csv.tmp",
+                           "lock", "samples"};
+    if (R->metrics) {
+        fclose(R->metrics);
+        R->metrics = NULL;
+    }
+    if (file_exists(R->ckpt)) return;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        /* unlink of a directory fails with EISDIR (Linux) or EPERM (POSIX) */
+        if (join(path, R->o.out, names[i]) && unlink(path) != 0 &&
+            (errno == EISDIR || errno == EPERM))
+            rmdir(path);
+    if (R->lock_fd >= 0) {
+        close(R->lock_fd);
+        R->lock_fd = -1;
+    }
+    rmdir(R->o.out);
 }
 
 int sd_train_run(const sd_train_opts *in, const sd_train_hooks *hooks, sd_train_result *res)
@@ -789,11 +1030,12 @@ int sd_train_run(const sd_train_opts *in, const sd_train_hooks *hooks, sd_train_
     R.h = hooks ? hooks : &no_hooks;
     R.o = *in;
     R.lock_fd = -1;
+    cli_escape(R.o.out, R.eout, sizeof R.eout);
+    cli_escape(R.o.data, R.edata, sizeof R.edata);
+    snprintf(R.eckpt, sizeof R.eckpt, "%.*s/checkpoint.safetensors", (int)(sizeof R.eckpt - 32),
+             R.eout);
     int rc = 0;
-    if (R.o.ckpt_every <= 0 || R.o.log_every <= 0 || R.o.steps <= 0) {
-        rc = fail(2, "%s", "--steps, --ckpt-every and --log-every must be positive");
-        goto done;
-    }
+    if ((rc = validate(&R.o)) != 0) goto done;
     if (R.o.threads > 0) sd_threads_init(R.o.threads);
     if ((rc = load_data(&R)) || (rc = resolve_sde(&R)) || (rc = build_model(&R))) goto done;
     res->n_params = sd_params_trainable_count(R.m->params);
@@ -802,9 +1044,10 @@ int sd_train_run(const sd_train_opts *in, const sd_train_hooks *hooks, sd_train_
         describe(&R, stdout);
         goto done;
     }
-    if ((rc = prepare_dir(&R))) goto done;
+    if ((rc = setup_training(&R)) || (rc = prepare_dir(&R))) goto done;
     rc = train(&R, res);
 done:
+    if (rc != 0 && rc < 128 && !R.started) remove_failed_start(&R);
     if (R.metrics) fclose(R.metrics);
     sd_loader_free(R.ld);
     sd_trainer_free(R.tr);

@@ -46,6 +46,7 @@
 #include "objective.h"
 
 #define SD_TRAIN_PATH_MAX 4096
+#define SD_TRAIN_MAX_BATCH 65536
 
 /* Bits of sd_train_opts.given: options set on the command line. On --resume
  * a given option that is fixed for a run must equal the stored value. */
