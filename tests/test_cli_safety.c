@@ -22,6 +22,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "sd/data.h"
 #include "sd/ops.h"
 #include "sd/rng.h"
@@ -386,6 +388,28 @@ END_TEST
 
 /* ---- item 9: failed starts leave nothing behind ---------------------------------------- */
 
+/* config.json records the --sde spec as given; a dense C=FILE path with a
+ * quote once made it invalid JSON (and the run could not be resumed). */
+START_TEST(test_config_quotes_spec)
+{
+    FILE *f = fopen(at("c\"q.json"), "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"C\": [[1.0, 0.2], [0.2, 0.5]]}\n", f);
+    ck_assert_int_eq(fclose(f), 0);
+    points_run("Q", "dense:C=c\"q.json");
+    char *text = slurp(at("Q/config.json"), NULL);
+    ck_assert_ptr_nonnull(text);
+    cJSON *j = cJSON_Parse(text);
+    ck_assert_msg(j != NULL, "config.json is not valid JSON: %s", text);
+    const cJSON *given = cJSON_GetObjectItemCaseSensitive(j, "sde_given");
+    ck_assert(cJSON_IsString(given));
+    ck_assert_str_eq(given->valuestring, "dense:C=c\"q.json");
+    cJSON_Delete(j);
+    free(text);
+    ck_assert_msg(RUN("train", "--resume", "Q", "--steps", "5", "--quiet") == 0, "%s", err_buf);
+}
+END_TEST
+
 START_TEST(test_failed_start_leaves_nothing)
 {
     /* out-of-range options are refused before the run directory exists */
@@ -546,6 +570,7 @@ int main(void)
     tcase_add_test(tc, test_tolerance_floor);
     tcase_add_test(tc, test_resume_foreign_checkpoint);
     tcase_add_test(tc, test_failed_start_leaves_nothing);
+    tcase_add_test(tc, test_config_quotes_spec);
     tcase_add_test(tc, test_messages);
     tcase_add_test(tc, test_batch_memory_estimate);
     tcase_add_test(tc, test_out_of_memory_message);

@@ -27,6 +27,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "checkpoint.h"
 #include "cli.h"
 #include "sd/data.h"
@@ -528,13 +530,20 @@ static int prepare_dir(run *R)
     char extra[1536] = "";
     char dist[32] = "null"; /* not computed when sigma_max was given */
     if (R->have_dist) snprintf(dist, sizeof dist, "%.17g", R->dist);
+    /* the spec as the user wrote it, as a JSON string (a dense C=FILE path
+     * may hold quotes or backslashes) */
+    cJSON *given = cJSON_CreateString(R->in->sde);
+    char *given_json = given ? cJSON_PrintUnformatted(given) : NULL;
+    cJSON_Delete(given);
+    if (!given_json) return fail(1, "%s: out of memory writing config.json", R->eout);
     if (!R->o.resume)
-        snprintf(extra, sizeof extra, "\"sde_given\":\"%s\",\"ncsnv2\":{\"max_pairwise_distance\":%s,"
+        snprintf(extra, sizeof extra, "\"sde_given\":%s,\"ncsnv2\":{\"max_pairwise_distance\":%s,"
                  "\"distance_items\":%zu,"
                  "\"gamma\":%.17g,\"levels\":%d,\"langevin_eps\":%.17g,\"langevin_T\":%d},"
                  "\"data_items\":%zu,\"data_shape\":[%d,%d,%d]",
-                 R->in->sde, dist, R->dist_items, R->gamma, R->levels, R->eps, LANGEVIN_T, R->ds.n,
+                 given_json, dist, R->dist_items, R->gamma, R->levels, R->eps, LANGEVIN_T, R->ds.n,
                  R->ds.c, R->ds.h, R->ds.w);
+    cJSON_free(given_json);
     /* a restarted run's config.json is a new one, not a merge with the old */
     if (!R->o.resume) unlink(path);
     sd_status st = sd_run_config_write(out, &R->o, extra[0] ? extra : NULL);
