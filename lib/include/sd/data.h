@@ -91,6 +91,14 @@ typedef struct sd_image {
  * reason alone (no path), e.g. "PNG header claims 100000 x 100000 pixels
  * (limit 16384 per side, 16777216 in total)". */
 sd_status sd_image_decode(const uint8_t *buf, size_t len, sd_image *out);
+/* Every check sd_image_decode makes before decoding a pixel: magic, limits,
+ * the structure checks against stb's known bugs, stbi_info, and plausibility
+ * (a file cannot hold more pixels than its compression allows: JPEG at least
+ * 1 bit per 8x8 block, PNG deflate at most 1032:1, BMP and PNM uncompressed
+ * need their whole pixel array). Critical PNG chunks must have valid CRCs and
+ * indexed PNG pixels must lie inside the palette. On success *w, *h, *comp
+ * are the image's size and channels; on failure the message is the reason. */
+sd_status sd_image_probe(const uint8_t *buf, size_t len, int *w, int *h, int *comp);
 void sd_image_free(sd_image *img);
 
 /* Encode pixels [h, w, comp] (comp 1..4) as PNG and write it to `path`
