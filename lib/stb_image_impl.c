@@ -435,7 +435,9 @@ static const char *png_check(const uint8_t *b, size_t len)
             if (raw / PNG_MAX_DEFLATE_RATIO > len)
                 return "PNG header claims more pixels than a file of this size can hold "
                        "(deflate compresses at most 1032:1)";
-            palette = d[9] == 3 && depth <= 8;
+            /* Only the depths PNG allows for indexed colour (stb refuses others;
+             * and the bit extraction below assumes a divisor of 8). */
+            palette = d[9] == 3 && (depth == 1 || depth == 2 || depth == 4 || depth == 8);
             interlace = d[12];
         }
         if (memcmp(type, "CgBI", 4) == 0) return "Apple CgBI PNG not supported";

@@ -74,7 +74,7 @@ static void usage(FILE *f)
 "                         NCSNv2's sigma_max, L and Langevin step size, then exit\n"
 "  --quiet                no progress display\n");
     fprintf(f, /* two strings: C11 compilers need support only 4095 characters */
-"  --max-memory SIZE      refuse (exit 2) a data set, batch or model whose memory,\n"
+"  --max-memory SIZE      refuse (exit 1) a data set, batch or model whose memory,\n"
 "                         estimated before allocating, exceeds SIZE (e.g. 4G, 512M);\n"
 "                         the machine's available memory is always a limit\n"
 "\n"
