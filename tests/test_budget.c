@@ -177,18 +177,32 @@ static const uint8_t jpeg_flat_8x6[159] = {
     0x3f, 0xff, 0xd9,
 };
 
-/* The flat JPEG with its frame header edited to claim w x h, padded with
- * zeros before EOI to `len` bytes (the probe's 1 KB file). */
+/* The flat JPEG with its frame header edited to claim w x h, made `len`
+ * bytes long by a comment segment, with no entropy-coded data at all after
+ * its scan header (then EOI). stb's bit reader pads a missing stream with
+ * zeros, which in this file's one-code Huffman tables decode as "DC
+ * difference 0, end of block": before the plausibility rule such a file
+ * "decoded successfully" into w x h flat pixels (the probe's 1 KB JPEG). */
 static size_t make_big_jpeg(uint8_t *b, int w, int h, size_t len)
 {
-    size_t base = sizeof jpeg_flat_8x6;
-    ck_assert_uint_ge(len, base);
-    memcpy(b, jpeg_flat_8x6, base - 2);
+    size_t sos = 0;
+    for (size_t i = 0; i + 1 < sizeof jpeg_flat_8x6; i++)
+        if (jpeg_flat_8x6[i] == 0xFF && jpeg_flat_8x6[i + 1] == 0xDA) sos = i;
+    ck_assert_uint_gt(sos, 0);
+    ck_assert_uint_ge(len, sos + 16);
+    size_t L = len - sos - 14; /* COM length field, counting itself */
+    ck_assert_uint_le(L, 65535);
+    memcpy(b, jpeg_flat_8x6, sos);
     b[0x5E] = (uint8_t)(h >> 8);
     b[0x5F] = (uint8_t)h;
     b[0x60] = (uint8_t)(w >> 8);
     b[0x61] = (uint8_t)w;
-    memset(b + base - 2, 0, len - base);
+    b[sos] = 0xFF;
+    b[sos + 1] = 0xFE;
+    b[sos + 2] = (uint8_t)(L >> 8);
+    b[sos + 3] = (uint8_t)L;
+    memset(b + sos + 4, 'c', L - 2);
+    memcpy(b + sos + 2 + L, jpeg_flat_8x6 + sos, 10); /* the SOS segment */
     b[len - 2] = 0xFF;
     b[len - 1] = 0xD9;
     return len;
