@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "image_grid.h"
 #include "sampler.h"
+#include "sd/membudget.h"
 #include "train_loop.h"
 
 #define CMD "train"
@@ -77,7 +78,11 @@ static void usage(FILE *f)
 "                         bit-identical only for the same count)\n"
 "  --dry-run              print the data summary, the model's parameter count and\n"
 "                         NCSNv2's sigma_max, L and Langevin step size, then exit\n"
-"  --quiet                no progress display\n"
+"  --quiet                no progress display\n");
+    fprintf(f, /* two strings: C11 compilers need support only 4095 characters */
+"  --max-memory SIZE      refuse (exit 1) a data set, batch or model whose memory,\n"
+"                         estimated before allocating, exceeds SIZE (e.g. 4G, 512M);\n"
+"                         the machine's available memory is always a limit\n"
 "\n"
 "SIGINT or SIGTERM finishes the current step, writes a checkpoint and exits with\n"
 "128 + the signal number (130, 143); a second one kills at once (the checkpoint\n"
@@ -128,6 +133,7 @@ static bool parse_seed(const char *v, uint64_t *out)
 int sd_train_parse_args(int argc, char **argv, sd_train_opts *o, bool *help)
 {
     sd_train_opts_default(o);
+    sd_mem_set_budget(0); /* --max-memory applies to this command only */
     *help = false;
     bool err = false;
     for (int i = 1; i < argc; i++) {
@@ -211,6 +217,13 @@ int sd_train_parse_args(int argc, char **argv, sd_train_opts *o, bool *help)
             else if (!strcmp(v, "likelihood")) o->weighting = SD_WEIGHT_LIKELIHOOD;
             else return cli_fail(CMD, 2, "--weighting %s: expected variance or likelihood", v);
             o->given |= SD_TOPT_WEIGHTING;
+            continue;
+        }
+        if (OPT("--max-memory")) { /* process-wide budget: sd/membudget.h */
+            uint64_t bytes;
+            if (err || sd_mem_parse_size(v, &bytes))
+                return cli_fail(CMD, 2, "--max-memory %s: expected a size, e.g. 4G or 512M", v);
+            sd_mem_set_budget(bytes);
             continue;
         }
         if (OPT("--resume")) {
