@@ -1,4 +1,4 @@
-/* test_matrix_sde.c - the matrix-valued noise families of lib/sde.c (dct,
+/* test_matrix_sde.c - the matrix-valued noise families of models/sde/ (dct,
  * dense, state) at the operator level:
  *   - dct's closed-form kernel against Monte Carlo simulation of its forward
  *     SDE by Euler-Maruyama (means and covariances per frequency, within
