@@ -72,8 +72,8 @@
  *
  * An sd_sde is a plain value (copy it freely; no allocation, nothing to
  * free): dense keeps C, its Cholesky factor and eigenvectors inline, which is
- * why its dimension is capped. Every function other than parse is pure and
- * thread-safe.
+ * why its dimension is capped. Every function other than parse and
+ * sd_sde_register is pure and thread-safe (parse only reads the registry).
  */
 #ifndef SD_SDE_H
 #define SD_SDE_H
@@ -194,8 +194,8 @@ sd_status sd_sde_bind_shape(sd_sde *s, int C, int H, int W);
  * and the default DSM weight's square root). dct, dense and state: VE's
  * sigma(t) (dct's white noise; dense's scale of C; state's y-space noise). */
 double sd_sde_sigma(const sd_sde *s, double t);
-/* The network's conditioning input: log sigma(t) for the VE-schedule
- * families, t for vp/subvp (reference-model.md). */
+/* The network's conditioning input: log sigma(t), or t for the families
+ * with SD_SDE_COND_TIME (vp, subvp; reference-model.md). */
 double sd_sde_cond(const sd_sde *s, double t);
 /* Mean coefficient a(t) of the isotropic families (A = a I); 1 for dct (its
  * DC coefficient), dense and state. */
@@ -203,9 +203,11 @@ double sd_sde_mean_coef(const sd_sde *s, double t);
 /* g(t)^2 for likelihood weighting (isotropic families; VE's for the others). */
 double sd_sde_g2(const sd_sde *s, double t);
 /* Smallest time the family is used at by default (1e-5 for the continuous
- * families as in Song et al.; 0 for ncsn whose last level is sigma_min). */
+ * families as in Song et al.; 0 with SD_SDE_DISCRETE_LEVELS: ncsn, whose last
+ * level is sigma_min). */
 double sd_sde_default_eps(const sd_sde *s);
-/* ncsn: the L levels, t of level i (0-based, i = 0 is sigma_max). */
+/* Families with SD_SDE_DISCRETE_LEVELS (ncsn): the L levels (0 for the
+ * others), t of level i (0-based, i = 0 is sigma_max). */
 int sd_sde_levels(const sd_sde *s);
 double sd_sde_level_time(const sd_sde *s, int i);
 
