@@ -24,7 +24,8 @@ static const char *section_prefix[N_SECTIONS] = {"model.", "ema.", "opt.m.", "op
  * are refused on load rather than silently mis-read. */
 static const char *score_param(const sd_model *m)
 {
-    return m->kind == SD_MODEL_UNET && m->sde.kind == SD_SDE_DCT ? "dct-tweedie" : "sigma";
+    return m->kind == SD_MODEL_UNET && sd_sde_has(&m->sde, SD_SDE_TWEEDIE_SCORE) ? "dct-tweedie"
+                                                                              : "sigma";
 }
 
 sd_status sd_checkpoint_save(const char *path, const sd_model *m, const sd_trainer *t,
@@ -78,7 +79,7 @@ sd_status sd_checkpoint_save(const char *path, const sd_model *m, const sd_train
     /* A dense family's spec names its C file; the matrix itself is stored as
      * "sde_cov" so that the checkpoint does not depend on that file. */
     char cov[SD_SDE_DENSE_MAX * SD_SDE_DENSE_MAX * 26 + 64];
-    bool dense = m->sde.kind == SD_SDE_DENSE;
+    bool dense = sd_sde_has(&m->sde, SD_SDE_STORED_COV);
     if (dense && (st = sd_sde_cov_json(&m->sde, cov, sizeof cov)) != SD_OK) goto done;
     /* sde_cov must stay last (dropped unless dense). */
     const char *keys[] = {"format", "version", "model_config", "sde", "data_shape",

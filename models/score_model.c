@@ -147,15 +147,17 @@ sd_status sd_model_new_gmm(sd_gmm *gmm, const sd_sde *sde, sd_model **out)
     m->H = m->W = 1;
     m->D = (size_t)m->C;
     sd_status st = SD_OK;
-    if (sde->kind == SD_SDE_DCT) {
+    if (sd_sde_has(sde, SD_SDE_NEEDS_SHAPE)) {
         /* The mixture's points are flat: the image shape comes from the spec,
          * and the model takes it (samples are then images). */
         if (sde->shape_c < 1)
-            st = sd_error(SD_ERR_INVALID, "model gmm: --sde dct needs shape=CxHxW (the mixture "
-                                          "has %zu flat dimensions)", m->D);
+            st = sd_error(SD_ERR_INVALID, "model gmm: the %s family needs shape=CxHxW (the "
+                                          "mixture has %zu flat dimensions)", sd_sde_name(sde),
+                          m->D);
         else if ((size_t)sde->shape_c * sde->shape_h * sde->shape_w != m->D)
-            st = sd_error(SD_ERR_INVALID, "model gmm: dct shape=%dx%dx%d does not hold the "
-                                          "mixture's %zu dimensions", sde->shape_c, sde->shape_h,
+            st = sd_error(SD_ERR_INVALID, "model gmm: %s shape=%dx%dx%d does not hold the "
+                                          "mixture's %zu dimensions", sd_sde_name(sde),
+                          sde->shape_c, sde->shape_h,
                           sde->shape_w, m->D);
         else
             m->C = sde->shape_c, m->H = sde->shape_h, m->W = sde->shape_w;
@@ -240,7 +242,7 @@ sd_tensor *sd_model_forward(sd_model *m, sd_graph *g, sd_tensor *x, const double
     if (m->kind == SD_MODEL_UNET) {
         sd_tensor *x4 = x->ndim == 4 ? x : sd_reshape(g, x, 4, (int[]){n, m->C, m->H, m->W});
         sd_tensor *u = sd_unet_forward(&m->unet, m->params, g, x4, cond, sigma);
-        return m->sde.kind == SD_SDE_DCT ? dct_tweedie_score(m, g, x4, u, t) : u;
+        return sd_sde_has(&m->sde, SD_SDE_TWEEDIE_SCORE) ? dct_tweedie_score(m, g, x4, u, t) : u;
     }
     sd_tensor *x2 = x->ndim == 2 ? x : sd_reshape(g, x, 2, (int[]){n, (int)m->D});
     return sd_mlp_forward(&m->mlp, m->params, g, x2, cond, sigma);

@@ -432,7 +432,7 @@ static bool sde_conflicts(const char *given, const char *stored)
 {
     sd_sde g, s;
     if (sd_sde_parse(given, &g) != SD_OK || sd_sde_parse(stored, &s) != SD_OK) return true;
-    if (g.kind != s.kind) return true;
+    if (strcmp(sd_sde_name(&g), sd_sde_name(&s)) != 0) return true;
     const struct { const char *key; double a, b; } k[] = {
         {"sigma_min=", g.sigma_min, s.sigma_min}, {"sigma_max=", g.sigma_max, s.sigma_max},
         {"L=", g.levels, s.levels}, {"beta_min=", g.beta_min, s.beta_min},
