@@ -23,6 +23,7 @@ int sd_cmd_sample(int argc, char **argv);
 int sd_cmd_loglik(int argc, char **argv);
 int sd_cmd_convert_idx(int argc, char **argv);
 int sd_cmd_info(int argc, char **argv);
+int sd_cmd_report(int argc, char **argv);
 
 /* Print "scorediff <cmd>: <formatted message>\n" to stderr; returns `code`. */
 int cli_fail(const char *cmd, int code, const char *fmt, ...)
