@@ -653,7 +653,9 @@ START_TEST(test_chromium_renders)
     snprintf(url, sizeof url, "file://%s", at("I/report.html"));
     snprintf(shot, sizeof shot, "--screenshot=%s", at("shot.png"));
     snprintf(profile, sizeof profile, "--user-data-dir=%s", at("chrome"));
+    /* --no-sandbox: CI runs as root; --disable-dev-shm-usage: containers with a small /dev/shm */
     char *common[] = {(char *)chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                      "--disable-dev-shm-usage",
                       "--hide-scrollbars", profile, "--window-size=1200,2000"};
     enum { NC = sizeof common / sizeof *common };
     char *argv[NC + 3];
