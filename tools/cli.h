@@ -23,6 +23,7 @@ int sd_cmd_sample(int argc, char **argv);
 int sd_cmd_loglik(int argc, char **argv);
 int sd_cmd_convert_idx(int argc, char **argv);
 int sd_cmd_info(int argc, char **argv);
+int sd_cmd_report(int argc, char **argv);
 
 /* Print "scorediff <cmd>: <formatted message>\n" to stderr; returns `code`.
  * Control characters in the message (from a file name, say) are printed
