@@ -544,6 +544,17 @@ const sd_st_tensor *sd_safetensors_find(const sd_safetensors *st, const char *na
     return bsearch(&key, st->tensors, st->n, sizeof key, cmp_tensor_name);
 }
 
+size_t sd_safetensors_meta_count(const sd_safetensors *st) { return st ? st->n_meta : 0; }
+
+bool sd_safetensors_meta_at(const sd_safetensors *st, size_t i, const char **key,
+                            const char **value)
+{
+    if (!st || i >= st->n_meta) return false;
+    if (key) *key = st->meta[i].key;
+    if (value) *value = st->meta[i].value;
+    return true;
+}
+
 const char *sd_safetensors_meta(const sd_safetensors *st, const char *key)
 {
     if (!st || !key || st->n_meta == 0) return NULL;
