@@ -14,6 +14,8 @@
  * norm of RK45 is taken per sample (n groups) and the worst sample decides the
  * step, so each sample is within the tolerance on its own.
  */
+#include <math.h>
+
 #include "sampler.h"
 
 static sd_status flow_rhs(void *ctx, double t, const float *y, float *dydt)
@@ -58,8 +60,29 @@ sd_status sd__flow_batch(sd__batch *b, double t0, double t1)
     flow_obs fo = {b, t0, t1};
     oo.on_step = flow_step;
     oo.on_step_ctx = &fo;
+    double *grid = NULL;
+    if (o->schedule != SD_SCHEDULE_DEFAULT && o->ode_method != SD_ODE_RK45) {
+        /* the schedule's noise levels as times; the ends are the run's own */
+        int N = o->steps;
+        double *sig = sd_malloc((size_t)(N + 1) * sizeof *sig);
+        grid = sd_malloc((size_t)(N + 1) * sizeof *grid);
+        sd_status gs = sig && grid ? sd_schedule_sigmas(&b->sc->sde, o, N + 1, sig) : SD_ERR_NOMEM;
+        if (gs != SD_OK) {
+            sd_free(sig);
+            sd_free(grid);
+            return gs;
+        }
+        for (int i = 0; i <= N; i++) {
+            double t = i == 0 ? fmax(t0, t1) : i == N ? fmin(t0, t1)
+                                                      : sd_schedule_time(&b->sc->sde, sig[i]);
+            grid[t1 < t0 ? i : N - i] = t; /* decreasing for sampling, increasing to encode */
+        }
+        sd_free(sig);
+        oo.times = grid;
+    }
     sd_ode_stats os;
     sd_status st = sd_ode_solve(&oo, flow_rhs, b, t0, t1, b->x, b->n * b->D, NULL, &os);
+    sd_free(grid);
     b->ode_accepted += o->ode_method == SD_ODE_RK45 ? os.accepted : 0;
     b->ode_rejected += os.rejected;
     return st;

@@ -167,6 +167,10 @@ static sd_status solve_fixed(const sd_ode_opts *o, sd_ode_rhs f, void *ctx, doub
         /* t from the step index, not by accumulation, so the last step ends at t1. */
         double t = t0 + (t1 - t0) * ((double)i / o->steps);
         double tn = i + 1 == o->steps ? t1 : t0 + (t1 - t0) * ((double)(i + 1) / o->steps);
+        if (o->times) { /* a caller's grid (samplers/schedule.c) */
+            t = o->times[i];
+            tn = o->times[i + 1];
+        }
         double hh = tn - t;
         if ((s = call(f, ctx, t, y, k[0], st, max_nfe)) != SD_OK) return s;
         if (o->method == SD_ODE_EULER) {
@@ -337,6 +341,15 @@ sd_status sd_ode_solve(const sd_ode_opts *o, sd_ode_rhs f, void *ctx, double t0,
         if (o->steps < 1)
             return sd_error(SD_ERR_INVALID, "ode (%s): steps must be >= 1 (got %d)",
                             sd_ode_method_name(o->method), o->steps);
+        if (o->times) {
+            if (o->times[0] != t0 || o->times[o->steps] != t1)
+                return sd_error(SD_ERR_INVALID, "ode: the time grid runs from %g to %g, not "
+                                "from t0 = %g to t1 = %g", o->times[0], o->times[o->steps], t0, t1);
+            for (int i = 0; i < o->steps; i++)
+                if (!((o->times[i + 1] - o->times[i]) * (t1 - t0) > 0))
+                    return sd_error(SD_ERR_INVALID, "ode: the time grid is not monotone at "
+                                    "step %d", i);
+        }
     } else {
         return sd_error(SD_ERR_INVALID, "ode: unknown method %d", (int)o->method);
     }

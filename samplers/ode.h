@@ -98,6 +98,8 @@ typedef enum sd_ode_method {
 typedef struct sd_ode_opts {
     sd_ode_method method;
     int steps;          /* fixed-step methods: number of steps, >= 1 */
+    const double *times; /* fixed-step methods: steps + 1 times from t0 to t1
+                            (monotone) to step between; NULL: equal steps */
     double rtol, atol;  /* RK45 tolerances, > 0 (defaults 1e-5) */
     double h0;          /* RK45 first step size; 0 = automatic (Hairer) */
     double max_step;    /* RK45 largest |h|; 0 = unbounded (|t1 - t0|) */

@@ -157,7 +157,15 @@ sd_sampler_opts sd_sampler_defaults(sd_sampler_kind kind)
     o.corrector = true;
     o.corrector_steps = 1;
     o.snr = 0.16;
-    o.steps = kind == SD_SAMPLER_PC ? 1000 : 100;
+    o.steps = kind == SD_SAMPLER_PC      ? 1000
+              : kind == SD_SAMPLER_HEUN  ? 18 /* 35 NFE */
+              : kind == SD_SAMPLER_DPM2M ? 20 /* 20 NFE */
+                                         : 100;
+    o.schedule = SD_SCHEDULE_DEFAULT;
+    o.rho = 7.0;
+    o.s_tmin = 0.0;
+    o.s_tmax = INFINITY;
+    o.s_noise = 1.0;
     o.ode_method = SD_ODE_RK45;
     o.rtol = 1e-5;
     o.atol = 1e-5;
@@ -170,6 +178,8 @@ int sd_sampler_kind_parse(const char *name, sd_sampler_kind *out)
     if (strcmp(name, "langevin") == 0) *out = SD_SAMPLER_LANGEVIN;
     else if (strcmp(name, "pc") == 0) *out = SD_SAMPLER_PC;
     else if (strcmp(name, "ode") == 0) *out = SD_SAMPLER_ODE;
+    else if (strcmp(name, "heun") == 0) *out = SD_SAMPLER_HEUN;
+    else if (strcmp(name, "dpm2m") == 0) *out = SD_SAMPLER_DPM2M;
     else return 0;
     return 1;
 }
@@ -192,6 +202,8 @@ const char *sd_sampler_kind_name(sd_sampler_kind k)
     case SD_SAMPLER_LANGEVIN: return "langevin";
     case SD_SAMPLER_PC: return "pc";
     case SD_SAMPLER_ODE: return "ode";
+    case SD_SAMPLER_HEUN: return "heun";
+    case SD_SAMPLER_DPM2M: return "dpm2m";
     }
     return "?";
 }
@@ -266,6 +278,39 @@ static sd_status validate(const sd_scorer *sc, const sd_sampler_opts *o, int mod
         } else {
             return sd_error(SD_ERR_INVALID, "ode: unknown method");
         }
+        if (o->schedule != SD_SCHEDULE_DEFAULT) {
+            double lo, hi;
+            if (o->ode_method == SD_ODE_RK45)
+                return sd_error(SD_ERR_INVALID, "ode: a schedule is a grid of fixed steps; rk45 "
+                                                "chooses its own (use euler, heun or rk4)");
+            if (o->sigma_min > 0 || o->sigma_max > 0)
+                return sd_error(SD_ERR_INVALID, "ode: the flow runs from t = 1 to the smallest "
+                                                "time; set that (t_eps) instead of a sigma range");
+            if (!(o->rho > 0) || !isfinite(o->rho))
+                return sd_error(SD_ERR_INVALID, "ode: rho must be > 0");
+            sd_status st = sd_schedule_range(sde, o, &lo, &hi);
+            if (st != SD_OK) return st;
+        }
+    } else if (kind == SD_SAMPLER_HEUN || kind == SD_SAMPLER_DPM2M) {
+        const char *nm = sd_sampler_kind_name(kind);
+        double lo, hi;
+        if (!sd_sde_is_isotropic(sde))
+            return sd_error(SD_ERR_INVALID, "%s: needs an isotropic noise family (ncsn, ve, vp, "
+                                            "subvp), not %s, whose noise is not a multiple of I; "
+                                            "use pc or ode", nm, sd_sde_name(sde));
+        if (o->steps < 1) return sd_error(SD_ERR_INVALID, "%s: steps must be >= 1", nm);
+        if (o->schedule < SD_SCHEDULE_DEFAULT || o->schedule > SD_SCHEDULE_UNIFORM)
+            return sd_error(SD_ERR_INVALID, "%s: unknown schedule", nm);
+        if (!(o->rho > 0) || !isfinite(o->rho))
+            return sd_error(SD_ERR_INVALID, "%s: rho must be > 0", nm);
+        if (!(o->churn >= 0) || !isfinite(o->churn) || !(o->s_noise >= 0) ||
+            !isfinite(o->s_noise) || !(o->s_tmin >= 0) || !(o->s_tmin <= o->s_tmax))
+            return sd_error(SD_ERR_INVALID, "%s: need churn >= 0, s_noise >= 0 and "
+                                            "0 <= s_tmin <= s_tmax", nm);
+        if (kind == SD_SAMPLER_DPM2M && o->churn > 0)
+            return sd_error(SD_ERR_INVALID, "dpm2m: churn is heun's (dpm2m is deterministic)");
+        sd_status st = sd_schedule_range(sde, o, &lo, &hi);
+        if (st != SD_OK) return st;
     } else {
         return sd_error(SD_ERR_INVALID, "sampler: unknown kind %d", (int)o->kind);
     }
@@ -412,6 +457,12 @@ sd_status sd__run(sd_scorer *sc, const sd_sampler_opts *o, size_t n, const float
             st = sd__langevin_batch(&b);
         } else if (o->kind == SD_SAMPLER_PC) {
             st = sd__pc_batch(&b);
+        } else if (o->kind == SD_SAMPLER_HEUN) {
+            st = sd__heun_batch(&b);
+            if (st == SD_OK) st = sd__constrain(&b, -1.0);
+        } else if (o->kind == SD_SAMPLER_DPM2M) {
+            st = sd__dpm2m_batch(&b);
+            if (st == SD_OK) st = sd__constrain(&b, -1.0);
         } else {
             st = sd__flow_batch(&b, 1.0, eps);
             if (st == SD_OK && o->denoise) st = sd__denoise(&b, eps);

@@ -116,7 +116,23 @@ sd_status sd_scorer_eval(sd_scorer *s, const float *x, size_t n, double t, float
 
 /* ---- options --------------------------------------------------------------- */
 
-typedef enum sd_sampler_kind { SD_SAMPLER_LANGEVIN, SD_SAMPLER_PC, SD_SAMPLER_ODE } sd_sampler_kind;
+typedef enum sd_sampler_kind {
+    SD_SAMPLER_LANGEVIN,
+    SD_SAMPLER_PC,
+    SD_SAMPLER_ODE,
+    SD_SAMPLER_HEUN,  /* few-step: EDM Heun (samplers/edm.c) */
+    SD_SAMPLER_DPM2M  /* few-step: DPM-Solver++(2M) (samplers/dpm_solver.c) */
+} sd_sampler_kind;
+
+/* Noise-level grids of the few-step samplers and of the ODE's fixed-step
+ * methods (samplers/schedule.c). DEFAULT: karras for heun and dpm2m; for the
+ * ODE the equal steps in t it always took. */
+typedef enum sd_schedule {
+    SD_SCHEDULE_DEFAULT,
+    SD_SCHEDULE_KARRAS,    /* (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho */
+    SD_SCHEDULE_LOGLINEAR, /* geometric from smax to smin */
+    SD_SCHEDULE_UNIFORM    /* equal steps in the family's time t between t(smax), t(smin) */
+} sd_schedule;
 
 typedef enum sd_predictor {
     SD_PRED_NONE,
@@ -157,6 +173,17 @@ typedef struct sd_sampler_opts {
     /* ode */
     sd_ode_method ode_method; /* default RK45 */
     double rtol, atol;        /* default 1e-5 */
+    /* few-step samplers (heun, dpm2m; steps = N steps, default 18 for heun =
+       35 NFE, 20 for dpm2m = 20 NFE) and the ODE's fixed-step grid */
+    sd_schedule schedule;     /* default SD_SCHEDULE_DEFAULT */
+    double rho;               /* karras exponent (default 7) */
+    double sigma_min, sigma_max; /* grid range in sigma^ = sigma/a; <= 0: the model's,
+                                    sigma^(t_eps) (vp, subvp: t = 1e-3 unless t_eps is
+                                    set) and sigma^(1) */
+    double churn;             /* heun: S_churn (default 0: deterministic) */
+    double s_tmin, s_tmax;    /* heun: churn only where s_tmin <= sigma <= s_tmax
+                                 (defaults 0 and infinity) */
+    double s_noise;           /* heun: S_noise (default 1) */
     /* driver */
     size_t batch;         /* samples per batch (default 256) */
     uint64_t seed;
@@ -174,12 +201,37 @@ typedef struct sd_sample_stats {
 } sd_sample_stats;
 
 sd_sampler_opts sd_sampler_defaults(sd_sampler_kind kind);
-/* Names: "langevin", "pc", "ode"; predictors "euler_maruyama" (or "em"),
+/* Names: "langevin", "pc", "ode", "heun", "dpm2m"; predictors "euler_maruyama" (or "em"),
  * "reverse_diffusion" (or "rd"), "ancestral", "none". Return 0 if unknown. */
 int sd_sampler_kind_parse(const char *name, sd_sampler_kind *out);
 int sd_predictor_parse(const char *name, sd_predictor *out);
 const char *sd_sampler_kind_name(sd_sampler_kind k);
 const char *sd_predictor_name(sd_predictor p);
+
+/* ---- noise-level grids (samplers/schedule.c) ----------------------------------
+ * The few-step samplers run on the scaled form of an isotropic family (Karras
+ * et al. 2022, Table 1): x = a(t) x^ with x^ = x_0 + sigma^(t) z,
+ * sigma^(t) = sigma(t) / a(t) (ve, ncsn: sigma; vp: sqrt(1 - a^2)/a =
+ * sqrt(e^{int beta} - 1); subvp: (1 - a^2)/a), a plain VE process in x^ whose
+ * score is a s(a x^, t) and whose denoiser is D(x^, sigma^) = x^ + sigma^2 a s.
+ * For the matrix-valued families sd_sde_sigma and sd_sde_mean_coef give VE's
+ * sigma and 1, so the same grid maps to times for the ODE. */
+/* Smallest time of heun and dpm2m for vp and subvp unless opts.t_eps is set
+ * (schedule.c). */
+#define SD_FEWSTEP_VP_EPS 1e-3
+int sd_schedule_parse(const char *name, sd_schedule *out);
+const char *sd_schedule_name(sd_schedule s);
+/* sigma^(t) = sd_sde_sigma / sd_sde_mean_coef. */
+double sd_schedule_sigma(const sd_sde *sde, double t);
+/* Its inverse on [0, 1] (bisection; sigma^ is increasing in t); clamped. */
+double sd_schedule_time(const sd_sde *sde, double sigma);
+/* The grid's range: o->sigma_min/max or sigma^(t_eps), sigma^(1); refused
+ * (SD_ERR_INVALID) outside [sigma^(0), sigma^(1)] or if min >= max. */
+sd_status sd_schedule_range(const sd_sde *sde, const sd_sampler_opts *o, double *smin,
+                            double *smax);
+/* n >= 1 noise levels from smax down to smin (n = 1: smax) by o->schedule
+ * (DEFAULT = karras) into sig [n]; callers append the final 0. */
+sd_status sd_schedule_sigmas(const sd_sde *sde, const sd_sampler_opts *o, int n, double *sig);
 
 /* ---- entry points ---------------------------------------------------------- */
 
@@ -244,6 +296,13 @@ double sd__t_eps(const sd_sde *sde, const sd_sampler_opts *o);
 
 sd_status sd__langevin_batch(sd__batch *b);
 sd_status sd__pc_batch(sd__batch *b);
+sd_status sd__heun_batch(sd__batch *b);
+sd_status sd__dpm2m_batch(sd__batch *b);
+/* Few-step samplers: the isotropic family's check, the grid of o->steps
+ * levels plus the final 0 (sig [steps + 1], caller-allocated). */
+sd_status sd__fewstep_grid(sd__batch *b, double *sig);
+/* D(x^, sigma^) of the scaled form at n points xh into out (uses b->tmp, b->s). */
+sd_status sd__denoiser(sd__batch *b, const float *xh, double sigma, float *out);
 /* Integrate b->x from t0 to t1 with the probability flow ODE. */
 sd_status sd__flow_batch(sd__batch *b, double t0, double t1);
 
