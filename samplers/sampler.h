@@ -1,6 +1,6 @@
 /* sampler.h - turn a score model into samples.
  *
- * Three families of samplers, all driven by a score oracle s(x, t) ~ grad log
+ * Five samplers, all driven by a score oracle s(x, t) ~ grad log
  * p_t(x) (a trained network or the analytic mixture, through sd_scorer):
  *
  *   langevin  annealed Langevin dynamics (Song & Ermon 2019, Alg. 1): T steps
@@ -18,8 +18,16 @@
  *   ode       the probability flow ODE dx/dt = F(t) x - 1/2 G G^T(t) s(x, t)
  *             (their eq. 13) with Euler, Heun, RK4 or adaptive RK45
  *             (samplers/ode.h); also integrates data -> latent (encoding).
+ *   heun      few-step: EDM's Heun sampler (Karras et al. 2022, Alg. 2,
+ *             samplers/edm.c), N steps = 2N - 1 NFE, optional churn.
+ *   dpm2m     few-step: DPM-Solver++(2M) (Lu et al. 2022,
+ *             samplers/dpm_solver.c), N steps = N NFE.
+ *             Both run on a noise-level grid (schedule.c) in the scaled
+ *             form x = a x^ of an isotropic family and end with Tweedie's
+ *             step to sigma = 0; the matrix-valued families are refused.
  *
- * Every sampler works with every noise family (sde.h) and score model, runs N
+ * Every sampler but heun and dpm2m works with every noise family (sde.h) and
+ * score model, runs N
  * samples in batches of opts.batch (memory is bounded by the batch), reports
  * progress through an observer callback and counts score evaluations (NFE)
  * exactly: NFE is the number of batched calls of s, i.e. the evaluations each
@@ -149,7 +157,8 @@ typedef struct sd_sample_progress {
     double t;                /* time of the current state */
     double frac;             /* progress through this batch, 0 .. 1 */
     int64_t nfe;             /* evaluations so far in this batch */
-    const float *x;          /* current state [n, D], valid during the call */
+    const float *x;          /* current state [n, D], valid during the call (heun,
+                                dpm2m: the scaled state x^ = x / a until the end) */
     bool final;              /* x is this batch's output */
 } sd_sample_progress;
 typedef sd_status (*sd_sample_observer)(void *ctx, const sd_sample_progress *p);
