@@ -26,8 +26,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
 "usage: scorediff sample (--ckpt FILE|RUN_DIR | --gmm SPEC.json --sde FAMILY)\n"
-"                        --sampler langevin|pc|ode --n N (--out OUT | --out-dir DIR)\n"
-"                        [options]\n"
+"                        --sampler langevin|pc|ode|heun|dpm2m --n N\n"
+"                        (--out OUT | --out-dir DIR) [options]\n"
 "\n"
 "Output\n"
 "  --out FILE.png         a grid of the samples (images); for low-dimensional\n"
@@ -63,6 +63,25 @@ static void usage(FILE *f)
 "  --rtol X, --atol X     rk45 tolerances (default 1e-5; rtol >= 1e-6, the floor for\n"
 "                         float32, atol >= 1e-12); at most 100000 evaluations per\n"
 "                         batch (the solver's budget), else it stops with an error\n"
+"  --schedule S           fixed-step methods: the grid of the few-step samplers\n"
+"                         below, mapped to times (default: equal steps in t)\n"
+    );
+    /* two strings: ISO C caps a literal at 4095 characters */
+    fprintf(f,
+"Few-step samplers (isotropic families ncsn, ve, vp, subvp only)\n"
+"  heun                   EDM Heun (Karras et al. 2022, Alg. 2): --steps N costs\n"
+"                         2N - 1 NFE (default N = 18: 35 NFE)\n"
+"  dpm2m                  DPM-Solver++(2M) (Lu et al. 2022): N steps, N NFE\n"
+"                         (default 20)\n"
+"  --steps N              noise levels from sigma_max to sigma_min, then 0\n"
+"  --schedule S           karras (default) | loglinear | uniform (equal steps in t)\n"
+"  --rho R                karras exponent (default 7)\n"
+"  --sigma-min X, --sigma-max X   grid range in sigma/a(t) (default the model's:\n"
+"                         sigma(eps)/a(eps) - vp, subvp: at t = 1e-3 - and\n"
+"                         sigma(1)/a(1))\n"
+"  --churn S              heun: stochastic churn S_churn (default 0)\n"
+"  --s-tmin X, --s-tmax X heun: churn only for sigma in [X, Y] (default all)\n"
+"  --s-noise X            heun: S_noise (default 1)\n"
 "Inpainting and colorization (Song et al. 2021, App. I; langevin or pc;\n"
 "isotropic families ncsn, ve, vp, subvp only)\n"
 "  --image FILE           the image to complete (PNG, JPEG, ...; resized to the model)\n"
@@ -78,9 +97,10 @@ static void usage(FILE *f)
 
 typedef struct opts {
     const char *ckpt, *gmm, *sde, *sampler, *out, *out_dir, *trajectory;
-    const char *predictor, *corrector, *method, *image, *mask;
+    const char *predictor, *corrector, *method, *image, *mask, *schedule;
     long long n, seed, batch, levels, steps_per_level, corrector_steps, steps, snapshots;
     double eps, step_eps, snr, rtol, atol;
+    double rho, sigma_min, sigma_max, churn, s_tmin, s_tmax, s_noise; /* -1: default */
     int denoise; /* -1 default */
     bool raw, quiet, colorize;
 } opts;
@@ -93,6 +113,7 @@ static int parse(int argc, char **argv, opts *o, bool *help)
     o->levels = o->steps_per_level = o->corrector_steps = o->steps = -1;
     o->snapshots = 8;
     o->eps = o->step_eps = o->snr = o->rtol = o->atol = -1.0;
+    o->rho = o->sigma_min = o->sigma_max = o->churn = o->s_tmin = o->s_tmax = o->s_noise = -1.0;
     o->denoise = -1;
     *help = false;
     bool err = false;
@@ -120,6 +141,14 @@ static int parse(int argc, char **argv, opts *o, bool *help)
         CLI_STR("--method", method)
         CLI_STR("--image", image)
         CLI_STR("--mask", mask)
+        CLI_STR("--schedule", schedule)
+        CLI_DBL("--rho", 1e-3, 1e3, rho)
+        CLI_DBL("--sigma-min", 1e-30, 1e30, sigma_min)
+        CLI_DBL("--sigma-max", 1e-30, 1e30, sigma_max)
+        CLI_DBL("--churn", 0.0, 1e6, churn)
+        CLI_DBL("--s-tmin", 0.0, 1e30, s_tmin)
+        CLI_DBL("--s-tmax", 0.0, 1e30, s_tmax)
+        CLI_DBL("--s-noise", 0.0, 1e3, s_noise)
         CLI_INT("--n", 1, 100000000, n)
         CLI_INT("--seed", 0, 9223372036854775807LL, seed)
         CLI_INT("--batch", 1, 1 << 20, batch)
@@ -137,7 +166,7 @@ static int parse(int argc, char **argv, opts *o, bool *help)
     }
     if (err) return 2;
     if (cli_check_model_source(CMD, o->ckpt, o->gmm, o->sde)) return 2;
-    if (!o->sampler) return cli_fail(CMD, 2, "--sampler langevin|pc|ode is required");
+    if (!o->sampler) return cli_fail(CMD, 2, "--sampler langevin|pc|ode|heun|dpm2m is required");
     if (o->n < 1) return cli_fail(CMD, 2, "--n N is required");
     if (!o->out == !o->out_dir) return cli_fail(CMD, 2, "give exactly one of --out and --out-dir");
     if (o->mask && !o->image) return cli_fail(CMD, 2, "--mask needs --image");
@@ -181,12 +210,52 @@ static int check_outputs(const opts *o, bool points, size_t n)
     return 0;
 }
 
+/* The few-step samplers' options (and --schedule for the ODE's fixed-step
+ * methods); an option that the chosen sampler does not use is refused
+ * rather than ignored. Returns an exit code. */
+static int configure_fewstep(const opts *o, sd_sampler_opts *so)
+{
+    bool fewstep = so->kind == SD_SAMPLER_HEUN || so->kind == SD_SAMPLER_DPM2M;
+    bool fixed_ode = so->kind == SD_SAMPLER_ODE && so->ode_method != SD_ODE_RK45;
+    const char *name = sd_sampler_kind_name(so->kind);
+    if (o->schedule) {
+        if (!fewstep && !fixed_ode)
+            return cli_fail(CMD, 2, "--schedule: only heun, dpm2m and the ode's fixed-step "
+                                    "methods (euler, heun, rk4) step on a grid, not %s%s", name,
+                            so->kind == SD_SAMPLER_ODE ? " with rk45" : "");
+        if (!sd_schedule_parse(o->schedule, &so->schedule))
+            return cli_fail(CMD, 2, "--schedule %s: expected karras, loglinear or uniform",
+                            o->schedule);
+    }
+    if (o->rho > 0) {
+        if (!fewstep && !(fixed_ode && o->schedule))
+            return cli_fail(CMD, 2, "--rho: the karras grid's exponent, for heun, dpm2m or "
+                                    "ode --schedule karras (not %s)", name);
+        so->rho = o->rho;
+    }
+    if ((o->sigma_min > 0 || o->sigma_max > 0) && !fewstep)
+        return cli_fail(CMD, 2, "--sigma-min/--sigma-max: the grid range of heun and dpm2m "
+                                "(%s: use --eps)", name);
+    if (o->sigma_min > 0) so->sigma_min = o->sigma_min;
+    if (o->sigma_max > 0) so->sigma_max = o->sigma_max;
+    if ((o->churn >= 0 || o->s_tmin >= 0 || o->s_tmax >= 0 || o->s_noise >= 0) &&
+        so->kind != SD_SAMPLER_HEUN)
+        return cli_fail(CMD, 2, "--churn/--s-tmin/--s-tmax/--s-noise: heun's stochastic churn "
+                                "(not %s)", name);
+    if (o->churn >= 0) so->churn = o->churn;
+    if (o->s_tmin >= 0) so->s_tmin = o->s_tmin;
+    if (o->s_tmax >= 0) so->s_tmax = o->s_tmax;
+    if (o->s_noise >= 0) so->s_noise = o->s_noise;
+    return 0;
+}
+
 /* Sampler options from the command line; returns an exit code. */
 static int configure(const opts *o, sd_sampler_opts *so)
 {
     sd_sampler_kind kind;
     if (!sd_sampler_kind_parse(o->sampler, &kind))
-        return cli_fail(CMD, 2, "--sampler %s: expected langevin, pc or ode", o->sampler);
+        return cli_fail(CMD, 2, "--sampler %s: expected langevin, pc, ode, heun or dpm2m",
+                        o->sampler);
     *so = sd_sampler_defaults(kind);
     so->seed = (uint64_t)o->seed;
     so->batch = (size_t)o->batch;
@@ -210,7 +279,7 @@ static int configure(const opts *o, sd_sampler_opts *so)
         return cli_fail(CMD, 2, "--method %s: expected euler, heun, rk4 or rk45", o->method);
     if (o->rtol > 0) so->rtol = o->rtol;
     if (o->atol > 0) so->atol = o->atol;
-    return 0;
+    return configure_fewstep(o, so);
 }
 
 static sd_status load_model(const opts *o, sd_model **m, char *transform, size_t tlen)
@@ -493,7 +562,13 @@ int sd_cmd_sample(int argc, char **argv)
         snprintf(method, sizeof method, " (%s%s)", sd_predictor_name(so.predictor),
                  so.corrector ? " + langevin corrector" : "");
     else if (so.kind == SD_SAMPLER_ODE)
-        snprintf(method, sizeof method, " (%s)", sd_ode_method_name(so.ode_method));
+        snprintf(method, sizeof method, " (%s%s%s)", sd_ode_method_name(so.ode_method),
+                 so.schedule != SD_SCHEDULE_DEFAULT ? ", " : "",
+                 so.schedule != SD_SCHEDULE_DEFAULT ? sd_schedule_name(so.schedule) : "");
+    else if (so.kind == SD_SAMPLER_HEUN || so.kind == SD_SAMPLER_DPM2M)
+        snprintf(method, sizeof method, " (%d steps, %s grid)", so.steps,
+                 sd_schedule_name(so.schedule == SD_SCHEDULE_DEFAULT ? SD_SCHEDULE_KARRAS
+                                                                     : so.schedule));
     printf("scorediff sample: %zu samples, %s%s, %s, %.2f s, NFE per sample %lld",
            n, sd_sampler_kind_name(so.kind), method, sde, stats.seconds,
            (long long)stats.nfe_max);
