@@ -36,6 +36,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "gmm.h"
 #include "mixture_check.h"
@@ -562,6 +565,101 @@ START_TEST(test_nfe_table)
 }
 END_TEST
 
+/* ---- the CLI ------------------------------------------------------------------ */
+
+/* Runs $SCOREDIFF_BIN with args, its stdout and stderr into out (a file);
+ * returns the exit code, or -77 if the binary is not given. */
+static int run_cli(const char *out, char *const args[])
+{
+    const char *bin = getenv("SCOREDIFF_BIN");
+    if (!bin || !*bin) return -77;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) _exit(126);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        char *argv[32];
+        int k = 0;
+        argv[k++] = (char *)bin;
+        for (int i = 0; args[i] && k < 31; i++) argv[k++] = args[i];
+        argv[k] = NULL;
+        execv(bin, argv);
+        _exit(127);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static const char *slurp(const char *path)
+{
+    static char buf[1 << 14];
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+START_TEST(test_cli_fewstep)
+{
+    if (!getenv("SCOREDIFF_BIN") || !*getenv("SCOREDIFF_BIN")) {
+        fprintf(stderr, "SCOREDIFF_BIN not set: skipping the CLI test\n");
+        exit(77);
+    }
+    char dir[] = "/tmp/test_fewstep_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char mix[128], out[128], csv[128];
+    snprintf(mix, sizeof mix, "%s/mix2.json", dir);
+    snprintf(out, sizeof out, "%s/out.txt", dir);
+    snprintf(csv, sizeof csv, "%s/s.csv", dir);
+    FILE *f = fopen(mix, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"weights\": [0.3, 0.7], \"means\": [[-1.5, 0.5], [1.0, -0.5]],\n"
+          " \"covs\": [[[0.2, 0.05], [0.05, 0.1]], [[0.3, 0.0], [0.0, 0.15]]]}\n", f);
+    fclose(f);
+    struct {
+        const char *args[12];
+        int rc;
+        const char *expect;
+    } cases[] = {
+        {{"--sde", "vp", "--sampler", "heun"}, 0, "heun (18 steps, karras grid), vp"},
+        {{"--sde", "vp", "--sampler", "heun"}, 0, "NFE per sample 35,"},
+        {{"--sde", "ve", "--sampler", "dpm2m", "--steps", "7", "--schedule", "loglinear"}, 0,
+         "NFE per sample 7,"},
+        {{"--sde", "ncsn", "--sampler", "heun", "--churn", "5", "--s-tmin", "0.1", "--rho", "5"},
+         0, "NFE per sample 35,"},
+        {{"--sde", "ve", "--sampler", "ode", "--method", "heun", "--schedule", "karras",
+          "--steps", "5"}, 0, "NFE per sample 10,"},
+        {{"--sde", "subvp", "--sampler", "dpm2m", "--sigma-min", "0.05", "--sigma-max", "10"}, 0,
+         "NFE per sample 20,"},
+        {{"--sde", "ve", "--sampler", "dpm2m", "--churn", "1"}, 2, "--churn"},
+        {{"--sde", "ve", "--sampler", "pc", "--schedule", "karras"}, 2, "--schedule"},
+        {{"--sde", "ve", "--sampler", "ode", "--schedule", "karras"}, 2, "rk45"},
+        {{"--sde", "ve", "--sampler", "heun", "--sigma-max", "80"}, 2, "outside the range"},
+        {{"--sde", "state", "--sampler", "heun"}, 2, "needs an isotropic noise family"},
+        {{"--sde", "ve", "--sampler", "heun", "--schedule", "cosine"}, 2, "cosine"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *args[32] = {"sample", "--gmm", mix, "--n", "50", "--out", csv, "--quiet"};
+        int k = 8;
+        for (int j = 0; cases[i].args[j]; j++) args[k++] = (char *)cases[i].args[j];
+        args[k] = NULL;
+        int rc = run_cli(out, args);
+        const char *text = slurp(out);
+        EXPECT(rc == cases[i].rc && strstr(text, cases[i].expect),
+               "case %zu: exit %d (want %d), output: %s", i, rc, cases[i].rc, text);
+    }
+    unlink(mix);
+    unlink(out);
+    unlink(csv);
+    rmdir(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("fewstep");
@@ -571,6 +669,7 @@ int main(void)
     tcase_add_test(tc, test_nfe_and_errors);
     tcase_add_test(tc, test_churn_reproducible);
     tcase_add_test(tc, test_ode_schedule);
+    tcase_add_test(tc, test_cli_fewstep);
     tcase_add_loop_test(tc, test_convergence_order, 0, 4);
     tcase_add_loop_test(tc, test_quality_few_nfe, 0, SD_TEST_ASAN ? 1 : 2);
     if (!SD_TEST_ASAN) tcase_add_test(tc, test_nfe_table);
