@@ -103,8 +103,10 @@ typedef enum sd_file_stage {
 } sd_file_stage;
 
 /* Called at each stage with the target path and the bytes written so far. A
- * non-zero return makes that step fail as an I/O error would (EIO, message
- * "injected fault"); a hook may also stop or kill the process there. */
+ * non-zero return makes that step fail as an I/O error (EIO) would: before
+ * the rename the temporary file is removed and the old file kept; at
+ * SD_FILE_STAGE_RENAMED the new file stays and the error is returned. A hook
+ * may also stop or kill the process there (tests/test_train_cli.c). */
 typedef int (*sd_file_fault_fn)(void *ctx, sd_file_stage stage, const char *path,
                                 uint64_t bytes);
 
