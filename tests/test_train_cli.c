@@ -776,6 +776,32 @@ START_TEST(test_fifo_inputs)
 }
 END_TEST
 
+/* Temporary files of a killed run (sd/file.h: "<file>.tmp.<pid>.<n>", and
+ * the older "<file>.tmp.<pid>" / "<file>.tmp") are removed when the run is
+ * resumed under its lock; other files are left alone. */
+START_TEST(test_stale_temps)
+{
+    make_tmpdir();
+    write_points(at("pts.csv"), 50, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+                             "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL),
+                     0);
+    static const char *const stale[] = {"r/checkpoint.safetensors.tmp.123.0",
+                                        "r/config.json.tmp.123.1", "r/metrics.csv.tmp.77.2",
+                                        "r/checkpoint.safetensors.tmp.99", "r/config.json.tmp"};
+    static const char *const kept[] = {"r/notes.tmp.1", "r/config.json.tmp.bak",
+                                       "r/config.json.tmpx"};
+    for (size_t i = 0; i < 5; i++) write_text(at(stale[i]), "torn");
+    for (size_t i = 0; i < 3; i++) write_text(at(kept[i]), "mine");
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", at("r"), "--steps", "3",
+                             "--quiet", NULL), 0);
+    for (size_t i = 0; i < 5; i++) ck_assert_msg(access(at(stale[i]), F_OK) != 0, "%s", stale[i]);
+    for (size_t i = 0; i < 3; i++) ck_assert_msg(access(at(kept[i]), F_OK) == 0, "%s", kept[i]);
+    ck_assert_int_eq(ckpt_step(at("r")), 3);
+    remove_tmpdir();
+}
+END_TEST
+
 /* ---- dry run, info, images end to end ---------------------------------------- */
 
 START_TEST(test_images_run_and_info)
@@ -970,6 +996,7 @@ static Suite *train_cli_suite(void)
     tcase_add_test(tc, test_resume_signals);
     tcase_add_test(tc, test_checkpoint_crash);
     tcase_add_test(tc, test_fifo_inputs);
+    tcase_add_test(tc, test_stale_temps);
     suite_add_tcase(s, tc);
     return s;
 }
