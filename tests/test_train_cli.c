@@ -802,6 +802,26 @@ START_TEST(test_stale_temps)
 }
 END_TEST
 
+/* A config.json over the 1 MiB cap is refused with both sizes; it used to
+ * be cut at 1 MiB silently (a padded file then parsed as its first part). */
+START_TEST(test_config_cap)
+{
+    make_tmpdir();
+    write_points(at("pts.csv"), 50, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+                             "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL),
+                     0);
+    FILE *f = fopen(at("r/config.json"), "a");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < (1 << 20); i += 64) fprintf(f, "%63s\n", "");
+    fclose(f);
+    expect_fail("config.json: file of ", 2, "--resume", at("r"), "--steps", "3", NULL, NULL);
+    ck_assert_msg(strstr(cap_err, "exceeds the 1048576-byte limit"), "%s", cap_err);
+    ck_assert_int_eq(ckpt_step(at("r")), 2);
+    remove_tmpdir();
+}
+END_TEST
+
 /* ---- dry run, info, images end to end ---------------------------------------- */
 
 START_TEST(test_images_run_and_info)
@@ -997,6 +1017,7 @@ static Suite *train_cli_suite(void)
     tcase_add_test(tc, test_checkpoint_crash);
     tcase_add_test(tc, test_fifo_inputs);
     tcase_add_test(tc, test_stale_temps);
+    tcase_add_test(tc, test_config_cap);
     suite_add_tcase(s, tc);
     return s;
 }
