@@ -68,6 +68,13 @@ sd_status sd_file_writer_open(const char *path, sd_file_writer **out)
     if (!out) return sd_error(SD_ERR_INVALID, "sd_file_writer_open: NULL argument");
     *out = NULL;
     if (!path || !*path) return sd_error(SD_ERR_INVALID, "sd_file_writer_open: empty path");
+    /* rename() would replace a device, FIFO or socket (say /dev/stdout, or
+     * /dev/null when run as root) by a regular file: refuse those. A
+     * directory fails at the rename, after the temporary file is removed. */
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode))
+        return sd_error(SD_ERR_IO, "%s: not a regular file (an output is written beside it and "
+                        "renamed over it)", path);
     sd_file_writer *w = sd_calloc(1, sizeof *w);
     size_t cap = strlen(path) + 64;
     if (!w || !(w->path = dup_str(path)) || !(w->tmp = sd_malloc(cap))) {

@@ -353,6 +353,14 @@ START_TEST(test_fifo_and_directory_refused)
     ck_assert_int_eq(sd_file_fopen_read("/dev/null", &f), SD_ERR_IO);
     ASSERT_MSG_HAS("/dev/null: not a regular file");
 
+    /* as an output target: refused before anything is created, still a FIFO */
+    ck_assert_int_eq(sd_file_write_atomic(fifo, "x", 1), SD_ERR_IO);
+    ASSERT_MSG_HAS("pipe.csv: not a regular file");
+    struct stat sb;
+    ck_assert_int_eq(stat(fifo, &sb), 0);
+    ck_assert(S_ISFIFO(sb.st_mode));
+    ck_assert_int_eq(count_temps(tmpdir), 0);
+
     /* a regular file: the descriptor blocks again (O_NONBLOCK cleared) */
     ck_assert_int_eq(sd_file_write_atomic(at("ok.txt"), "abc", 3), SD_OK);
     uint64_t size = 0;

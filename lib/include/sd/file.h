@@ -55,7 +55,9 @@
 
 typedef struct sd_file_writer sd_file_writer;
 
-/* Creates the temporary file next to path. On failure *out is NULL. */
+/* Creates the temporary file next to path. On failure *out is NULL. A path
+ * that exists as a device, FIFO or socket is refused ("not a regular file"):
+ * the rename would replace it. A symbolic link is replaced, not followed. */
 sd_status sd_file_writer_open(const char *path, sd_file_writer **out);
 
 /* Appends len bytes. After a failure the writer only accepts abort. */
