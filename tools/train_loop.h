@@ -137,10 +137,6 @@ int sd_train_parse_args(int argc, char **argv, sd_train_opts *o, bool *help);
  * option that differs from the run's, and merge the ones that may change. */
 int sd_train_prepare_resume(sd_train_opts *o);
 
-/* Write len bytes of text to path atomically: path.tmp, fsync, rename, fsync
- * of the directory; on failure the file at path is untouched. */
-sd_status sd_train_write_atomic(const char *path, const char *text, size_t len);
-
 /* config.json (defined in cmd_train.c, next to the option table): write all
  * of o atomically, plus `extra_json` (an object's members without braces, or
  * NULL), keeping keys of an existing file that o does not set (the first

@@ -37,11 +37,12 @@
  *
  * Writing. sd_safetensors_write writes F32 tensors in name order with the
  * header padded by spaces to a multiple of 8 bytes (as the reference writer
- * does), so every tensor is 8-byte aligned in the file. It writes to
- * "<path>.tmp.<pid>", then fflush + fsync + fclose (all checked), rename()
- * over path, and fsyncs the directory: a crash or a concurrent reader never
- * sees a torn file, and on failure the temp file is removed and an existing
- * file at path is left untouched.
+ * does), so every tensor is 8-byte aligned in the file. It writes through
+ * sd/file.h's atomic writer (a temporary file "<path>.tmp.<pid>.<n>", fsync,
+ * close, rename() over path, fsync of the directory): a crash or a concurrent
+ * reader never sees a torn file, and on failure the temp file is removed and
+ * an existing file at path is left untouched. Opening goes through
+ * sd_file_open_read: a FIFO or directory is refused, never waited on.
  *
  * Ownership: a handle from sd_safetensors_open owns the file bytes; one from
  * sd_safetensors_parse borrows the caller's buffer, which must outlive it.
