@@ -36,7 +36,8 @@
 #include "sd/data.h"
 #include "sd/rng.h"
 #include "sd/safetensors.h"
-#include "train_loop.h"
+#include "ncsnv2.h"
+#include "train_run.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
