@@ -13,11 +13,13 @@
  * taken on the stored 8-bit values, as most training pipelines do).
  */
 #include "sd/data.h"
+#include "sd/membudget.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -372,6 +374,107 @@ static void default_warn(void *ctx, const char *path, const char *reason)
 
 /* ---- Data sets ---- */
 
+/* One file's header size in the native-size pass (w = 0: skipped). */
+typedef struct probed {
+    int w, h;
+    size_t index; /* into the sorted file list */
+} probed;
+
+static int cmp_probed(const void *a, const void *b)
+{
+    const probed *x = a, *y = b;
+    if (x->w != y->w) return x->w < y->w ? -1 : 1;
+    if (x->h != y->h) return x->h < y->h ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* Read and decode (or only probe, img == NULL) one file. SD_ERR_NOMEM is
+ * fatal; any other failure is the file's own (the caller warns and skips). */
+static sd_status load_one(const char *path, sd_image *img, int *w, int *h)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int comp;
+    sd_status st = read_file(path, SD_IMAGE_MAX_FILE_BYTES, &buf, &len);
+    if (st == SD_OK) {
+        if (img) {
+            st = sd_image_decode(buf, len, img);
+            *w = img->w;
+            *h = img->h;
+        } else {
+            st = sd_image_probe(buf, len, w, h, &comp);
+        }
+    }
+    sd_free(buf);
+    return st;
+}
+
+/* Native size (no target size): every file's header is probed first and the
+ * size most files share (ties: the first in path order) is the data set's.
+ * A file whose header cannot be read is skipped with its warning here; one
+ * of another size is an error that names it, not the first file: a single
+ * corrupt header must neither set the size nor blame the good files.
+ * ok[i] = 1 for the files to decode. */
+static sd_status native_size(const char *dir, const path_list *files, sd_data_warn_fn warn,
+                             void *warn_ctx, sd_data_summary *sum, uint8_t *ok, int *H, int *W,
+                             size_t *n_ok)
+{
+    probed *pr = sd_calloc(files->n ? files->n : 1, sizeof *pr);
+    if (!pr) return SD_ERR_NOMEM;
+    size_t n = 0;
+    sd_status st = SD_OK;
+    for (size_t i = 0; i < files->n; i++) {
+        int w = 0, h = 0;
+        sd_status fs = load_one(files->items[i], NULL, &w, &h);
+        if (fs == SD_ERR_NOMEM) {
+            st = fs;
+            goto done;
+        }
+        ok[i] = fs == SD_OK;
+        if (fs != SD_OK) {
+            warn(warn_ctx, files->items[i], sd_error_message());
+            sum->skipped++;
+            continue;
+        }
+        pr[n++] = (probed){w, h, i};
+    }
+    *n_ok = n;
+    if (n == 0) goto done;
+    qsort(pr, n, sizeof *pr, cmp_probed);
+    /* Runs of equal sizes, each sorted by path index: the longest run wins,
+     * on a tie the one whose first file comes first. */
+    size_t best = 0, best_len = 0;
+    for (size_t a = 0; a < n;) {
+        size_t b = a;
+        while (b < n && pr[b].w == pr[a].w && pr[b].h == pr[a].h) b++;
+        if (b - a > best_len || (b - a == best_len && pr[a].index < pr[best].index)) {
+            best = a;
+            best_len = b - a;
+        }
+        a = b;
+    }
+    *W = pr[best].w;
+    *H = pr[best].h;
+    if (best_len < n) {
+        size_t odd = SIZE_MAX; /* the first file, in path order, of another size */
+        int ow = 0, oh = 0;
+        for (size_t k = 0; k < n; k++)
+            if ((pr[k].w != *W || pr[k].h != *H) && pr[k].index < odd) {
+                odd = pr[k].index;
+                ow = pr[k].w;
+                oh = pr[k].h;
+            }
+        st = sd_error(SD_ERR_FORMAT,
+                      "%s: size %dx%d differs from %dx%d of %s and %zu other image(s) of %s "
+                      "(give a target size, e.g. --size %d, to resize)",
+                      files->items[odd], ow, oh, *W, *H, files->items[pr[best].index],
+                      best_len - 1, dir, *H < *W ? *H : *W);
+    }
+done:
+    sd_free(pr);
+    return st;
+}
+
 sd_status sd_data_load_images(const char *dir, const sd_image_opts *opts, sd_dataset *out)
 {
     memset(out, 0, sizeof *out);
@@ -387,6 +490,7 @@ sd_status sd_data_load_images(const char *dir, const sd_image_opts *opts, sd_dat
     path_list files = {0};
     sd_data_summary sum = {0};
     dir_id stack[SD_WALK_MAX_DEPTH];
+    uint8_t *ok = NULL, *cache = NULL;
     struct stat sb;
     if (stat(dir, &sb) != 0) return sd_error(SD_ERR_IO, "%s: %s", dir, strerror(errno));
     if (!S_ISDIR(sb.st_mode)) return sd_error(SD_ERR_INVALID, "%s: not a directory", dir);
@@ -397,59 +501,62 @@ sd_status sd_data_load_images(const char *dir, const sd_image_opts *opts, sd_dat
     if (files.n > 1) qsort(files.items, files.n, sizeof *files.items, cmp_paths);
     sum.candidates = files.n;
 
+    ok = sd_malloc(files.n ? files.n : 1);
+    if (!ok) {
+        st = SD_ERR_NOMEM;
+        goto fail;
+    }
+    memset(ok, 1, files.n);
     int H = opts->size, W = opts->size;
-    size_t item = 0;                /* bytes per cached image, once known */
-    const char *first_path = NULL;  /* defines the native size without --size */
-    uint8_t *cache = NULL;
+    size_t to_load = files.n;
+    if (opts->size == 0 && files.n > 0) {
+        st = native_size(dir, &files, warn, opts->warn_ctx, &sum, ok, &H, &W, &to_load);
+        if (st != SD_OK) goto fail;
+    }
+    /* The cache is sized before any pixel is decoded, so its size is checked
+     * against the memory budget (sd/membudget.h) first. */
+    size_t item = (size_t)C * (size_t)H * (size_t)W, total = 0;
+    if (to_load > 0) {
+        if (sd_mul_size(item, to_load, &total)) {
+            st = sd_error(SD_ERR_NOMEM, "%s: image cache size overflows", dir);
+            goto fail;
+        }
+        char what[600];
+        snprintf(what, sizeof what, "%s: the image cache (%zu images of %dx%dx%d)", dir, to_load,
+                 C, H, W);
+        if ((st = sd_mem_check(what, total)) != SD_OK) goto fail;
+        cache = sd_malloc(total);
+        if (!cache) {
+            st = SD_ERR_NOMEM;
+            goto fail;
+        }
+    }
     size_t n = 0;
     for (size_t i = 0; i < files.n; i++) {
+        if (!ok[i]) continue;
         const char *path = files.items[i];
-        uint8_t *buf = NULL;
-        size_t len = 0;
         sd_image img;
+        int w = 0, h = 0;
         memset(&img, 0, sizeof img);
-        sd_status fs = read_file(path, SD_IMAGE_MAX_FILE_BYTES, &buf, &len);
-        if (fs == SD_OK) fs = sd_image_decode(buf, len, &img);
-        sd_free(buf);
+        sd_status fs = load_one(path, &img, &w, &h);
         if (fs == SD_ERR_NOMEM) {
             st = fs;
-            goto fail_cache;
+            goto fail;
+        }
+        if (fs == SD_OK && opts->size == 0 && (w != W || h != H)) {
+            /* The file changed between the two passes. */
+            fs = sd_error(SD_ERR_FORMAT, "size %dx%d differs from %dx%d (file changed while "
+                                         "loading?)", w, h, W, H);
+            sd_image_free(&img);
         }
         if (fs != SD_OK) {
             warn(opts->warn_ctx, path, sd_error_message());
             sum.skipped++;
             continue;
         }
-        if (!cache) {
-            if (opts->size == 0) {
-                H = img.h;
-                W = img.w;
-                first_path = path;
-            }
-            size_t total;
-            item = (size_t)C * (size_t)H * (size_t)W;
-            if (sd_mul_size(item, files.n - i, &total)) {
-                sd_image_free(&img);
-                st = sd_error(SD_ERR_NOMEM, "%s: image cache size overflows", dir);
-                goto fail_cache;
-            }
-            cache = sd_malloc(total);
-            if (!cache) {
-                sd_image_free(&img);
-                st = SD_ERR_NOMEM;
-                goto fail_cache;
-            }
-        } else if (opts->size == 0 && (img.w != W || img.h != H)) {
-            st = sd_error(SD_ERR_FORMAT,
-                          "%s: size %dx%d differs from %dx%d of %s (give a target size, "
-                          "e.g. --size %d, to resize)",
-                          path, img.w, img.h, W, H, first_path, H < W ? H : W);
-            sd_image_free(&img);
-            goto fail_cache;
-        }
         st = sd_image_prepare(&img, C, opts->size, cache + n * item);
         sd_image_free(&img);
-        if (st != SD_OK) goto fail_cache;
+        if (st != SD_OK) goto fail;
         n++;
     }
     sum.loaded = n;
@@ -461,9 +568,10 @@ sd_status sd_data_load_images(const char *dir, const sd_image_opts *opts, sd_dat
         else
             st = sd_error(SD_ERR_FORMAT, "%s: none of the %zu image files could be decoded",
                           dir, sum.candidates);
-        goto fail_cache;
+        goto fail;
     }
     list_free(&files);
+    sd_free(ok);
     out->kind = SD_DATA_IMAGES;
     out->n = n;
     out->c = C;
@@ -473,9 +581,9 @@ sd_status sd_data_load_images(const char *dir, const sd_image_opts *opts, sd_dat
     out->summary = sum;
     return SD_OK;
 
-fail_cache:
-    sd_free(cache);
 fail:
+    sd_free(cache);
+    sd_free(ok);
     list_free(&files);
     out->summary = sum;
     return st;

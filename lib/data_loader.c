@@ -26,8 +26,10 @@
 #include "sd/data.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "sd/membudget.h"
 #include "sd/rng.h"
 
 struct sd_loader {
@@ -149,6 +151,16 @@ sd_status sd_loader_new(const sd_dataset *ds, const sd_loader_opts *opts, sd_loa
     if (F == 0 || sd_mul_size(F, opts->batch, &batch_floats) ||
         batch_floats > SIZE_MAX / sizeof(float))
         return sd_error(SD_ERR_NOMEM, "loader: batch of %zu x %zu floats overflows", opts->batch, F);
+    /* Two batch buffers and two permutations, checked against the memory
+     * budget before allocating (sd/membudget.h): --batch 65536 of large
+     * images asks for tens of GiB. */
+    {
+        char what[128];
+        snprintf(what, sizeof what, "loader: a batch of %zu items of %zu values", opts->batch, F);
+        uint64_t need = 2 * ((uint64_t)batch_floats * sizeof(float) + (uint64_t)ds->n * 4);
+        sd_status mst = sd_mem_check(what, need);
+        if (mst != SD_OK) return mst;
+    }
 
     sd_loader *ld = sd_calloc(1, sizeof *ld);
     if (!ld) return SD_ERR_NOMEM;

@@ -163,18 +163,23 @@ static inline float norm_shift(const float *beta, size_t c) { return beta ? beta
  * The rounding constant 1.5 * 2^23 rounds to nearest without SSE4.1. */
 static inline float exp_vec(float x)
 {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 64.0f ? 64.0f : x;
+    /* NaN: both comparisons are false, so the clamps below map it to -87 and
+     * the conversion to int and the shift stay defined ((int32_t)NaN and a
+     * left shift of the negative result were undefined behaviour, reached by
+     * a diverging run). The NaN itself is returned at the end. The select
+     * vectorises like the clamps (no branch). */
+    float xc = x > -87.0f ? x : -87.0f;
+    xc = xc < 64.0f ? xc : 64.0f;
     const float shifter = 12582912.0f; /* 1.5 * 2^23 */
-    float n = (x * 1.44269504f + shifter) - shifter;
-    float r = (x - n * 0.693145752f) - n * 1.42860677e-6f; /* ln 2 = hi + lo */
+    float n = (xc * 1.44269504f + shifter) - shifter;
+    float r = (xc - n * 0.693145752f) - n * 1.42860677e-6f; /* ln 2 = hi + lo */
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666672e-1f + r * (4.16666679e-2f +
                                       r * (8.33333377e-3f + r * 1.38888892e-3f)))));
     union {
         int32_t i;
         float f;
-    } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
+    } scale = {.i = ((int32_t)n + 127) << 23}; /* n in [-126, 92]: no overflow, no negative shift */
+    return x == x ? p * scale.f : x;
 }
 
 /* SiLU(z) = z * sigmoid(z) = z / (1 + e^-z). */

@@ -293,36 +293,231 @@ static const char *png_inflate_check(const uint8_t *b, size_t len, uint64_t limi
     return bad;
 }
 
+/* Palette indices. stb v2.27 expands an indexed PNG through a 256-entry
+ * palette array on its stack of which only the PLTE entries are set: an
+ * index at or past the PLTE's entry count reads uninitialised memory (pixels
+ * that differ from run to run). libpng reports such files as errors too. So
+ * when the PLTE has fewer than 2^depth entries we inflate the image data,
+ * undo the row filters (bytes, bpp = 1 for depth <= 8) pass by pass and
+ * check every index. The output size is exactly what the header implies
+ * (stb refuses a shorter stream), at most 2^24 pixels at 8 bits. */
+static const char *png_palette_check(const uint8_t *b, size_t len, uint32_t w, uint32_t h,
+                                     int depth, int interlace, unsigned npal)
+{
+    /* Adam7 passes (x0, y0, dx, dy); a non-interlaced image is one pass. */
+    static const int a7[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                 {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+    static const int one[1][4] = {{0, 0, 1, 1}};
+    const int (*pass)[4] = interlace ? a7 : one;
+    int npass = interlace ? 7 : 1;
+    size_t total = 0, maxrow = 0;
+    for (int k = 0; k < npass; k++) {
+        size_t pw = (w - (uint32_t)pass[k][0] + (uint32_t)pass[k][2] - 1) / (uint32_t)pass[k][2];
+        size_t ph = (h - (uint32_t)pass[k][1] + (uint32_t)pass[k][3] - 1) / (uint32_t)pass[k][3];
+        if (w <= (uint32_t)pass[k][0] || h <= (uint32_t)pass[k][1]) continue;
+        size_t rb = (pw * (size_t)depth + 7) / 8;
+        total += ph * (rb + 1);
+        if (rb > maxrow) maxrow = rb;
+    }
+    uint8_t *raw = malloc(total + 1), *prev = calloc(maxrow + 1, 1);
+    if (!raw || !prev) {
+        free(raw);
+        free(prev);
+        return "out of memory (PNG palette check)";
+    }
+    z_stream zs;
+    memset(&zs, 0, sizeof zs);
+    const char *bad = NULL;
+    if (inflateInit(&zs) != Z_OK) bad = "out of memory (zlib)";
+    zs.next_out = raw;
+    zs.avail_out = (uInt)total;
+    int done = 0;
+    for (size_t pos = 8; !bad && !done && pos + 12 <= len;) {
+        uint32_t clen = be32(b + pos);
+        if (memcmp(b + pos + 4, "IDAT", 4) == 0 && zs.avail_out > 0) {
+            zs.next_in = (Bytef *)(uintptr_t)(b + pos + 8);
+            zs.avail_in = clen;
+            int zr = inflate(&zs, Z_NO_FLUSH);
+            if (zr == Z_STREAM_END || zs.avail_out == 0) done = 1;
+            else if (zr != Z_OK && zr != Z_BUF_ERROR) done = 1;
+        }
+        pos += (size_t)clen + 12;
+    }
+    inflateEnd(&zs);
+    /* A short or corrupt stream is left to stb, which refuses it ("not
+     * enough pixels"); only a complete image is checked. */
+    if (!bad && zs.avail_out == 0) {
+        uint8_t *p = raw;
+        for (int k = 0; k < npass && !bad; k++) {
+            if (w <= (uint32_t)pass[k][0] || h <= (uint32_t)pass[k][1]) continue;
+            size_t pw = (w - (uint32_t)pass[k][0] + (uint32_t)pass[k][2] - 1) / (uint32_t)pass[k][2];
+            size_t ph = (h - (uint32_t)pass[k][1] + (uint32_t)pass[k][3] - 1) / (uint32_t)pass[k][3];
+            size_t rb = (pw * (size_t)depth + 7) / 8;
+            memset(prev, 0, maxrow + 1);
+            for (size_t y = 0; y < ph && !bad; y++, p += rb + 1) {
+                uint8_t f = p[0], *cur = p + 1;
+                if (f > 4) goto out; /* stb refuses it: "invalid filter" */
+                for (size_t i = 0; i < rb; i++) {
+                    int a = i ? cur[i - 1] : 0, up = prev[i], c = i ? prev[i - 1] : 0;
+                    int v = cur[i];
+                    if (f == 1) v += a;
+                    else if (f == 2) v += up;
+                    else if (f == 3) v += (a + up) >> 1;
+                    else if (f == 4) {
+                        int pp = a + up - c, pa = abs(pp - a), pb = abs(pp - up), pc = abs(pp - c);
+                        v += pa <= pb && pa <= pc ? a : pb <= pc ? up : c;
+                    }
+                    cur[i] = (uint8_t)v;
+                }
+                for (size_t x = 0; x < pw; x++) {
+                    unsigned idx;
+                    if (depth == 8) idx = cur[x];
+                    else {
+                        size_t bit = x * (size_t)depth;
+                        idx = (cur[bit / 8] >> (8 - depth - (int)(bit % 8))) & ((1u << depth) - 1);
+                    }
+                    if (idx >= npal) {
+                        bad = "corrupt PNG (a pixel's palette index is past the end of the palette)";
+                        break;
+                    }
+                }
+                memcpy(prev, cur, rb);
+            }
+        }
+    }
+out:
+    free(raw);
+    free(prev);
+    return bad;
+}
+
+/* Deflate cannot compress by more than 1032:1 (a 258-byte match, the
+ * longest, costs at least 2 bits), so a PNG whose file is smaller than
+ * 1/1032 of the filtered image data its IHDR declares cannot hold that
+ * image: it is corrupt, or crafted to make a decoder allocate for it. */
+#define PNG_MAX_DEFLATE_RATIO 1032u
+
 static const char *png_check(const uint8_t *b, size_t len)
 {
     size_t pos = 8;
-    int have_idat = 0;
+    int have_idat = 0, palette = 0, depth = 0, interlace = 0;
+    uint32_t w = 0, h = 0;
+    unsigned npal = 0;
     uint64_t raw = 0;
     while (pos + 8 <= len) {
         uint32_t clen = be32(b + pos);
         const uint8_t *type = b + pos + 4;
         if ((uint64_t)clen + 12 > (uint64_t)(len - pos))
             return "truncated PNG (a chunk runs past the end of the file)";
+        /* CRCs: stb ignores them, so a flipped bit in the image data decoded
+         * into wrong pixels silently. As libpng does, a critical chunk
+         * (upper-case first letter: IHDR, PLTE, IDAT, IEND) with a bad CRC
+         * is an error; stb skips ancillary chunks, so theirs do not matter. */
+        if (!(type[0] & 0x20) &&
+            (uint32_t)crc32(0, type, (uInt)clen + 4) != be32(b + pos + 8 + clen)) {
+            static _Thread_local char msg[64];
+            snprintf(msg, sizeof msg, "corrupt PNG (CRC mismatch in chunk %c%c%c%c)",
+                     type[0] & 0x7f, type[1] & 0x7f, type[2] & 0x7f, type[3] & 0x7f);
+            return msg;
+        }
         if (pos == 8) {
             /* stb requires IHDR first; 13 bytes: w, h, depth, colour, ... */
             if (memcmp(type, "IHDR", 4) != 0 || clen != 13) return "corrupt PNG (no IHDR first)";
             const uint8_t *d = b + pos + 8;
             static const int channels[7] = {1, 0, 3, 1, 2, 0, 4};
-            uint64_t w = be32(d), h = be32(d + 4), depth = d[8];
+            w = be32(d);
+            h = be32(d + 4);
+            depth = d[8];
             int ch = d[9] <= 6 ? channels[d[9]] : 0;
             if (!dims_ok(w, h) || ch == 0 || depth == 0 || depth > 16)
                 return NULL; /* stb_info / our dims check give the reason */
-            raw = h * (1 + (w * depth * (uint64_t)ch + 7) / 8);
+            raw = (uint64_t)h * (1 + ((uint64_t)w * (uint64_t)depth * (uint64_t)ch + 7) / 8);
+            if (raw / PNG_MAX_DEFLATE_RATIO > len)
+                return "PNG header claims more pixels than a file of this size can hold "
+                       "(deflate compresses at most 1032:1)";
+            /* Only the depths PNG allows for indexed colour (stb refuses others;
+             * and the bit extraction below assumes a divisor of 8). */
+            palette = d[9] == 3 && (depth == 1 || depth == 2 || depth == 4 || depth == 8);
+            interlace = d[12];
         }
         if (memcmp(type, "CgBI", 4) == 0) return "Apple CgBI PNG not supported";
         if (memcmp(type, "IEND", 4) == 0) break;
+        if (memcmp(type, "PLTE", 4) == 0) npal = clen / 3;
         if (memcmp(type, "IDAT", 4) == 0) {
             if (clen == 0 && !have_idat) return "corrupt PNG (empty first IDAT chunk)";
             have_idat |= clen > 0;
         }
         pos += (size_t)clen + 12;
     }
-    return have_idat ? png_inflate_check(b, len, 2 * raw + 65536) : NULL;
+    if (!have_idat) return NULL;
+    const char *bad = png_inflate_check(b, len, 2 * raw + 65536);
+    if (!bad && palette && npal > 0 && npal < (1u << depth) && interlace <= 1)
+        bad = png_palette_check(b, len, w, h, depth, interlace, npal);
+    return bad;
+}
+
+/* BMP. Three differences from what stb v2.27 reports:
+ *   - stbi__bmp_info returns the header's height as is, negative for a
+ *     top-down BMP (a valid layout, which stb's loader decodes): the height
+ *     is its absolute value;
+ *   - RLE8/RLE4 compression: stb cannot decode it; say so instead of
+ *     "corrupt";
+ *   - a file shorter than its uncompressed pixel array: stb reads zeros past
+ *     the end and returns a partly black image; refuse it.
+ * Header (little-endian): "BM", size, reserved, pixel offset at 10, info
+ * header size at 14; OS/2 (size 12): w, h as u16 at 18, 20, bpp at 24;
+ * otherwise w, h as i32 at 18, 22, bpp at 28, compression at 30. */
+static uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static const char *bmp_check(const uint8_t *b, size_t len, int *h_abs)
+{
+    *h_abs = 0;
+    if (len < 26) return NULL; /* stb: corrupt header */
+    uint32_t off = le32(b + 10), hsz = le32(b + 14);
+    int64_t w, h;
+    unsigned bpp, comp = 0;
+    if (hsz == 12) {
+        w = b[18] | (b[19] << 8);
+        h = b[20] | (b[21] << 8);
+        bpp = (unsigned)(b[24] | (b[25] << 8));
+    } else {
+        if (len < 34) return NULL;
+        w = (int32_t)le32(b + 18);
+        h = (int32_t)le32(b + 22);
+        bpp = (unsigned)(b[28] | (b[29] << 8));
+        comp = le32(b + 30);
+    }
+    if (comp == 1 || comp == 2)
+        return comp == 1 ? "BMP with RLE8 compression is not supported (convert it to PNG)"
+                         : "BMP with RLE4 compression is not supported (convert it to PNG)";
+    if (h < 0) h = -h;
+    if (w < 1 || h < 1 || !dims_ok((uint64_t)w, (uint64_t)h)) return NULL; /* caller reports */
+    *h_abs = (int)h;
+    if ((comp == 0 || comp == 3) && bpp >= 1 && bpp <= 32) {
+        uint64_t row = (((uint64_t)w * bpp + 31) / 32) * 4;
+        if ((uint64_t)off + row * (uint64_t)h > len)
+            return "truncated BMP pixel data (the file is shorter than its header's image)";
+    }
+    return NULL;
+}
+
+/* JPEG. Every 8x8 block of the first component is coded in some scan with
+ * at least its DC difference, a Huffman code of at least 1 bit (stb decodes
+ * Huffman-coded JPEGs only, baseline or progressive; an EOB run can skip AC
+ * coefficients, never a DC). So a JPEG holds at least one bit per 8x8 block:
+ * a 4000 x 4000 frame needs >= 31250 bytes. A smaller file claiming it is
+ * corrupt; stb would "decode" it by padding the missing data with zeros.
+ * Real images use far more (a uniform grey image ~4 bits per block). */
+static const char *jpeg_size_check(size_t len, int w, int h)
+{
+    uint64_t blocks = ((uint64_t)w + 7) / 8 * (((uint64_t)h + 7) / 8);
+    if ((blocks + 7) / 8 > len)
+        return "JPEG header claims more pixels than a file of this size can hold "
+               "(at least 1 bit per 8x8 block)";
+    return NULL;
 }
 
 /* PNM. stbi__pnm_getinteger (v2.27) overflows int on long digit runs, and
@@ -382,9 +577,9 @@ static const char *pnm_check(const uint8_t *b, size_t len)
     return NULL;
 }
 
-sd_status sd_image_decode(const uint8_t *buf, size_t len, sd_image *out)
+sd_status sd_image_probe(const uint8_t *buf, size_t len, int *pw, int *ph, int *pcomp)
 {
-    memset(out, 0, sizeof *out);
+    *pw = *ph = *pcomp = 0;
     if (len == 0) return sd_error(SD_ERR_FORMAT, "empty file");
     if (len > SD_IMAGE_MAX_FILE_BYTES || len > INT_MAX)
         return sd_error(SD_ERR_FORMAT, "file of %zu bytes exceeds the %zu-byte limit",
@@ -401,24 +596,41 @@ sd_status sd_image_decode(const uint8_t *buf, size_t len, sd_image *out)
      * bytes 16..23. Reading it here gives a precise message for absurd
      * headers; stb would reject them too (STBI_MAX_DIMENSIONS). */
     if (fmt == FMT_PNG && len >= 24 && memcmp(buf + 12, "IHDR", 4) == 0) {
-        uint32_t pw = be32(buf + 16), ph = be32(buf + 20);
-        if (!dims_ok(pw, ph)) return too_large(fmt, pw, ph);
+        uint32_t pw32 = be32(buf + 16), ph32 = be32(buf + 20);
+        if (!dims_ok(pw32, ph32)) return too_large(fmt, pw32, ph32);
     }
 
+    int bmp_h = 0;
     const char *bad = fmt == FMT_JPEG  ? jpeg_check(buf, len)
                       : fmt == FMT_PNG ? png_check(buf, len)
                       : fmt == FMT_PNM ? pnm_check(buf, len)
-                                       : NULL;
+                                       : bmp_check(buf, len, &bmp_h);
     if (bad) return sd_error(SD_ERR_FORMAT, "%s", bad);
 
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(buf, (int)len, &w, &h, &comp))
         return sd_error(SD_ERR_FORMAT, "corrupt %s header (or over %d pixels per side)",
                         format_name(fmt), SD_IMAGE_MAX_SIDE);
+    if (fmt == FMT_BMP && bmp_h > 0) h = bmp_h; /* top-down: stb_info gives -h */
     if (w <= 0 || h <= 0 || !dims_ok((uint64_t)w, (uint64_t)h))
         return too_large(fmt, (uint64_t)(w < 0 ? 0 : w), (uint64_t)(h < 0 ? 0 : h));
     if (comp < 1 || comp > 4)
         return sd_error(SD_ERR_FORMAT, "%s header has %d channels", format_name(fmt), comp);
+    if (fmt == FMT_JPEG && (bad = jpeg_size_check(len, w, h)) != NULL)
+        return sd_error(SD_ERR_FORMAT, "%s (%d x %d in %zu bytes)", bad, w, h, len);
+    *pw = w;
+    *ph = h;
+    *pcomp = comp;
+    return SD_OK;
+}
+
+sd_status sd_image_decode(const uint8_t *buf, size_t len, sd_image *out)
+{
+    memset(out, 0, sizeof *out);
+    int w = 0, h = 0, comp = 0;
+    sd_status st = sd_image_probe(buf, len, &w, &h, &comp);
+    if (st != SD_OK) return st;
+    image_format fmt = sniff(buf, len);
 
     int dw = 0, dh = 0, dcomp = 0;
     uint8_t *px = stbi_load_from_memory(buf, (int)len, &dw, &dh, &dcomp, 0);

@@ -24,7 +24,8 @@ static const char *section_prefix[N_SECTIONS] = {"model.", "ema.", "opt.m.", "op
  * are refused on load rather than silently mis-read. */
 static const char *score_param(const sd_model *m)
 {
-    return m->kind == SD_MODEL_UNET && m->sde.kind == SD_SDE_DCT ? "dct-tweedie" : "sigma";
+    return m->kind == SD_MODEL_UNET && sd_sde_has(&m->sde, SD_SDE_TWEEDIE_SCORE) ? "dct-tweedie"
+                                                                              : "sigma";
 }
 
 sd_status sd_checkpoint_save(const char *path, const sd_model *m, const sd_trainer *t,
@@ -78,7 +79,7 @@ sd_status sd_checkpoint_save(const char *path, const sd_model *m, const sd_train
     /* A dense family's spec names its C file; the matrix itself is stored as
      * "sde_cov" so that the checkpoint does not depend on that file. */
     char cov[SD_SDE_DENSE_MAX * SD_SDE_DENSE_MAX * 26 + 64];
-    bool dense = m->sde.kind == SD_SDE_DENSE;
+    bool dense = sd_sde_has(&m->sde, SD_SDE_STORED_COV);
     if (dense && (st = sd_sde_cov_json(&m->sde, cov, sizeof cov)) != SD_OK) goto done;
     /* sde_cov must stay last (dropped unless dense). */
     const char *keys[] = {"format", "version", "model_config", "sde", "data_shape",
@@ -127,7 +128,8 @@ static sd_status read_meta(const sd_safetensors *f, const char *path, sd_ckpt_me
     return SD_OK;
 }
 
-/* Copy section s of every parameter into base (flat layout). */
+/* Copy section s of every parameter into base (flat layout). The file was
+ * validated by check_tensors first. */
 static sd_status load_section(const sd_safetensors *f, const char *path, const sd_params *p, int s,
                               float *base)
 {
@@ -136,38 +138,62 @@ static sd_status load_section(const sd_safetensors *f, const char *path, const s
         snprintf(name, sizeof name, "%s%s", section_prefix[s], p->items[i].name);
         const sd_st_tensor *t = sd_safetensors_find(f, name);
         if (!t) return sd_error(SD_ERR_FORMAT, "%s: tensor %s is missing", path, name);
-        bool same = t->ndim == p->items[i].ndim;
-        for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == p->items[i].shape[d];
-        if (!same)
-            return sd_error(SD_ERR_FORMAT, "%s: tensor %s has a shape that does not match the "
-                                           "model", path, name);
         sd_status st = sd_safetensors_read_f32(t, base + p->items[i].offset, p->items[i].numel);
         if (st != SD_OK) return st;
     }
     return SD_OK;
 }
 
-/* Check sections [0, sections) of every parameter (presence, dtype, shape,
- * finite values) through a scratch copy: a load that copies one section
- * still refuses a file whose other sections are damaged (checkpoint.h). */
-static sd_status check_sections(const sd_safetensors *f, const char *path, const sd_params *p,
-                                int sections)
+/* The one validation of a checkpoint's tensors, shared by every loader and
+ * by `scorediff info` (through sd_checkpoint_load_model), so that "info says
+ * it loads" and "it loads" cannot disagree. Against the model's declared
+ * (not yet allocated) parameters: the file holds either the model section
+ * alone or all four sections (need_training: all four), and every tensor of
+ * every section it holds is present under its expected name, F32, of the
+ * declared shape, and finite, including the optimizer state a resume would
+ * use. Nothing is allocated: the model's memory is requested only once the
+ * file is known to match it. */
+static sd_status check_tensors(const sd_safetensors *f, const char *path, const sd_params *p,
+                               bool need_training)
 {
-    float *scratch = sd_malloc(p->total * sizeof(float));
-    if (!scratch) return SD_ERR_NOMEM;
-    sd_status st = SD_OK;
-    for (int s = 0; s < sections && st == SD_OK; s++) st = load_section(f, path, p, s, scratch);
-    sd_free(scratch);
-    return st;
-}
-
-static sd_status check_no_extra(const sd_safetensors *f, const char *path, const sd_params *p,
-                                int sections)
-{
-    size_t expect = p->count * (size_t)sections;
-    if (sd_safetensors_count(f) != expect)
-        return sd_error(SD_ERR_FORMAT, "%s: holds %zu tensors, the model expects %zu", path,
-                        sd_safetensors_count(f), expect);
+    size_t n = sd_safetensors_count(f);
+    if (n != p->count * (size_t)N_SECTIONS && (need_training || n != p->count)) {
+        if (need_training)
+            return sd_error(SD_ERR_FORMAT, "%s: holds %zu tensors, the model expects %zu", path, n,
+                            p->count * (size_t)N_SECTIONS);
+        return sd_error(SD_ERR_FORMAT, "%s: holds %zu tensors, the model expects %zu (weights "
+                                       "only) or %zu (with training state)",
+                        path, n, p->count, p->count * (size_t)N_SECTIONS);
+    }
+    int sections = n == p->count ? 1 : N_SECTIONS;
+    for (int s = 0; s < sections; s++) {
+        for (size_t i = 0; i < p->count; i++) {
+            const sd_param *it = &p->items[i];
+            char name[SD_PARAM_NAME_MAX + 8];
+            snprintf(name, sizeof name, "%s%s", section_prefix[s], it->name);
+            const sd_st_tensor *t = sd_safetensors_find(f, name);
+            if (!t)
+                return sd_error(SD_ERR_FORMAT, "%s: tensor %s is missing (renamed, or another "
+                                               "model's checkpoint)", path, name);
+            if (strcmp(t->dtype, "F32") != 0)
+                return sd_error(SD_ERR_FORMAT, "%s: tensor %s has dtype %s, expected F32", path,
+                                name, t->dtype);
+            bool same = t->ndim == it->ndim;
+            for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == it->shape[d];
+            if (!same || t->numel != it->numel)
+                return sd_error(SD_ERR_FORMAT, "%s: tensor %s has a shape that does not match the "
+                                               "model", path, name);
+            const unsigned char *b = t->data;
+            for (size_t k = 0; k < t->numel; k++) {
+                float v;
+                memcpy(&v, b + k * sizeof v, sizeof v);
+                if (!isfinite(v))
+                    return sd_error(SD_ERR_NUMERIC, "%s: tensor '%s' element %zu is %s "
+                                                    "(non-finite values are refused)",
+                                    path, name, k, isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf");
+            }
+        }
+    }
     return SD_OK;
 }
 
@@ -194,7 +220,10 @@ sd_status sd_checkpoint_load_model(const char *path, bool use_ema, sd_model **ou
         st = sd_error(SD_ERR_FORMAT, "%s: %s", path, msg);
         goto fail;
     }
-    if ((st = sd_model_from_config_json(config, &sde, &m)) != SD_OK) {
+    /* Declared only: the shapes are checked against the file before the
+     * parameters are allocated (an edited config must not make us build a
+     * huge model first). */
+    if ((st = sd_model_declare_from_config_json(config, &sde, &m)) != SD_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", sd_error_message());
         st = sd_error(SD_ERR_FORMAT, "%s: %s", path, msg);
@@ -210,13 +239,9 @@ sd_status sd_checkpoint_load_model(const char *path, bool use_ema, sd_model **ou
                       m->kind == SD_MODEL_UNET ? "unet" : "non-unet", sd_sde_name(&m->sde));
         goto fail;
     }
-    size_t n = sd_safetensors_count(f);
-    if (n != m->params->count && n != m->params->count * N_SECTIONS) {
-        st = check_no_extra(f, path, m->params, N_SECTIONS);
-        goto fail;
-    }
-    bool has_ema = n == m->params->count * N_SECTIONS;
-    if ((st = check_sections(f, path, m->params, has_ema ? N_SECTIONS : 1)) != SD_OK) goto fail;
+    if ((st = check_tensors(f, path, m->params, false)) != SD_OK) goto fail;
+    if ((st = sd_model_finalize(m, path)) != SD_OK) goto fail;
+    bool has_ema = sd_safetensors_count(f) == m->params->count * N_SECTIONS;
     st = load_section(f, path, m->params, use_ema && has_ema ? SECTION_EMA : SECTION_MODEL,
                       m->params->data);
     if (st != SD_OK) goto fail;
@@ -246,7 +271,7 @@ sd_status sd_checkpoint_load_trainer(const char *path, sd_model *m, sd_trainer *
                       saved ? saved : "(missing)", config);
         goto done;
     }
-    if ((st = check_no_extra(f, path, m->params, N_SECTIONS)) != SD_OK) goto done;
+    if ((st = check_tensors(f, path, m->params, true)) != SD_OK) goto done;
     float *mom = sd_optimizer_state(t->opt, 0), *vel = sd_optimizer_state(t->opt, 1);
     if ((st = load_section(f, path, m->params, SECTION_MODEL, m->params->data)) != SD_OK ||
         (st = load_section(f, path, m->params, SECTION_EMA, t->ema)) != SD_OK ||

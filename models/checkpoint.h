@@ -19,6 +19,12 @@
  * interrupted save leaves the previous checkpoint intact.
  * Loading checks every expected tensor's presence, dtype and shape, rejects
  * extra tensors and non-finite values, and names the file in every message.
+ * Every section the file holds is checked (also the EMA and Adam moments a
+ * sampler does not load), by the one function both loaders and `scorediff
+ * info` use, and before the model's parameters are allocated: the config is
+ * only declared, the tensor list and shapes compared with it, and then the
+ * parameters' memory is checked (sd/membudget.h) and allocated. Config
+ * values are capped (score_model.h: SD_MODEL_MAX_WIDTH, ...).
  */
 #ifndef SD_CHECKPOINT_H
 #define SD_CHECKPOINT_H

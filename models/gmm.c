@@ -525,9 +525,7 @@ static sd_sde state_base(const sd_sde *sde)
 {
     sd_sde ve;
     memset(&ve, 0, sizeof ve);
-    ve.kind = SD_SDE_VE;
-    ve.sigma_min = sde->sigma_min;
-    ve.sigma_max = sde->sigma_max;
+    sd_sde_latent(sde, &ve); /* cannot fail: only called for state-dependent families */
     return ve;
 }
 
@@ -549,7 +547,7 @@ static sd_status state_points(const float *x, size_t count, float **y, float **s
 sd_status sd_gmm_score(sd_gmm *g, const sd_sde *sde, double t, const float *x, float *score,
                        size_t n)
 {
-    if (sde->kind != SD_SDE_STATE) return lin_gmm_score(g, sde, t, x, score, n);
+    if (!sd_sde_state_dependent(sde)) return lin_gmm_score(g, sde, t, x, score, n);
     sd_sde ve = state_base(sde);
     size_t count = n * (size_t)g->D;
     float *y;
@@ -567,7 +565,7 @@ sd_status sd_gmm_score(sd_gmm *g, const sd_sde *sde, double t, const float *x, f
 sd_status sd_gmm_logp(sd_gmm *g, const sd_sde *sde, double t, const float *x, double *logp,
                       size_t n)
 {
-    if (sde->kind != SD_SDE_STATE) return lin_gmm_logp(g, sde, t, x, logp, n);
+    if (!sd_sde_state_dependent(sde)) return lin_gmm_logp(g, sde, t, x, logp, n);
     sd_sde ve = state_base(sde);
     size_t D = (size_t)g->D;
     float *y;
@@ -583,7 +581,7 @@ sd_status sd_gmm_logp(sd_gmm *g, const sd_sde *sde, double t, const float *x, do
 sd_status sd_gmm_score_hessian(sd_gmm *g, const sd_sde *sde, double t, const float *x,
                                float *score, double *H, size_t n)
 {
-    if (sde->kind != SD_SDE_STATE) return lin_gmm_score_hessian(g, sde, t, x, score, H, n);
+    if (!sd_sde_state_dependent(sde)) return lin_gmm_score_hessian(g, sde, t, x, score, H, n);
     sd_sde ve = state_base(sde);
     size_t D = (size_t)g->D;
     float *y, *sy;
@@ -610,7 +608,7 @@ sd_status sd_gmm_score_hessian(sd_gmm *g, const sd_sde *sde, double t, const flo
 sd_status sd_gmm_score_hvp(sd_gmm *g, const sd_sde *sde, double t, const float *x, size_t n,
                            const float *v, int m, float *score, double *hv)
 {
-    if (sde->kind != SD_SDE_STATE) return lin_gmm_score_hvp(g, sde, t, x, n, v, m, score, hv);
+    if (!sd_sde_state_dependent(sde)) return lin_gmm_score_hvp(g, sde, t, x, n, v, m, score, hv);
     sd_sde ve = state_base(sde);
     size_t D = (size_t)g->D, rows = n * (size_t)m;
     float *y, *sy, *cv = sd_malloc((rows ? rows : 1) * D * sizeof(float));

@@ -1,6 +1,7 @@
 /* option_table.c - reading, writing, checking and formatting one option of a
  * table (option_table.h). */
 #include "option_table.h"
+#include "sd/membudget.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -176,6 +177,15 @@ bool sd_option_parse(const sd_option *opt, const char *s, void *base, char *msg,
             return false;
         }
         return true;
+    case SD_OPT_BYTES: {
+        uint64_t v;
+        if (sd_mem_parse_size(s, &v) != 0) {
+            snprintf(msg, cap, "%s %s: expected a size, e.g. 4G or 512M", opt->flag, s);
+            return false;
+        }
+        memcpy(FIELD(opt, base), &v, sizeof v);
+        return true;
+    }
     case SD_OPT_FLAG:
         sd_option_set_int(opt, base, opt->imin);
         return true;
@@ -201,7 +211,8 @@ void sd_option_format(const sd_option *opt, const void *base, char *b, size_t n)
     switch (opt->type) {
     case SD_OPT_INT: snprintf(b, n, "%lld", sd_option_get_int(opt, base)); break;
     case SD_OPT_FLAG: snprintf(b, n, "%s", sd_option_get_int(opt, base) ? "on" : "off"); break;
-    case SD_OPT_U64: {
+    case SD_OPT_U64:
+    case SD_OPT_BYTES: {
         uint64_t v;
         memcpy(&v, p, sizeof v);
         snprintf(b, n, "%llu", (unsigned long long)v);

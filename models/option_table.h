@@ -30,8 +30,9 @@ typedef enum sd_opt_type {
     SD_OPT_STR,    /* text copied into a char array of `size` bytes */
     SD_OPT_STRPTR, /* text: the const char * field points at the argument */
     SD_OPT_CHOICE, /* one of `choices` ("dsm|ssm"): its index into an int/enum field */
-    SD_OPT_LIST    /* "1,2,2": integers in [imin, imax] into an int array of `size`
+    SD_OPT_LIST,   /* "1,2,2": integers in [imin, imax] into an int array of `size`
                       bytes, their count into the int at offset `aux` */
+    SD_OPT_BYTES   /* a size "4G", "512M" (sd_mem_parse_size) into a uint64_t field */
 } sd_opt_type;
 
 enum {

@@ -2,9 +2,11 @@
 #include "score_model.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "sd/membudget.h"
 #include "sd/ops.h"
 #include "sd/rng.h"
 
@@ -15,8 +17,30 @@ static sd_model *model_alloc(const sd_sde *sde)
     return m;
 }
 
-sd_status sd_model_new_network(const char *name, const sd_unet_config *ucfg, int C, int H, int W,
-                               const sd_sde *sde, sd_model **out)
+/* Sane ranges for a network's configuration (checkpoint metadata can say
+ * anything): documented in score_model.h. */
+static sd_status check_caps(const char *name, const sd_unet_config *c)
+{
+    if (c->ch < 1 || c->ch > SD_MODEL_MAX_WIDTH)
+        return sd_error(SD_ERR_INVALID, "model %s: ch = %d must be in [1, %d]", name, c->ch,
+                        SD_MODEL_MAX_WIDTH);
+    if (c->n_levels < 1 || c->n_levels > SD_UNET_MAX_LEVELS)
+        return sd_error(SD_ERR_INVALID, "model %s: %d levels (mult entries) must be in [1, %d]",
+                        name, c->n_levels, SD_UNET_MAX_LEVELS);
+    for (int i = 0; i < c->n_levels; i++)
+        if (c->mult[i] < 1 || c->mult[i] > SD_MODEL_MAX_WIDTH / c->ch)
+            return sd_error(SD_ERR_INVALID,
+                            "model %s: level width ch * mult[%d] = %d * %d must be in [1, %d]",
+                            name, i, c->ch, c->mult[i], SD_MODEL_MAX_WIDTH);
+    if (c->num_res_blocks < 1 || c->num_res_blocks > SD_UNET_MAX_RES_BLOCKS)
+        return sd_error(SD_ERR_INVALID, "model %s: num_res_blocks = %d must be in [1, %d]", name,
+                        c->num_res_blocks, SD_UNET_MAX_RES_BLOCKS);
+    return SD_OK;
+}
+
+/* sd_model_new_network without the allocation of the parameters. */
+static sd_status network_declare(const char *name, const sd_unet_config *ucfg, int C, int H, int W,
+                                 const sd_sde *sde, sd_model **out)
 {
     *out = NULL;
     sd_model *m = model_alloc(sde);
@@ -31,6 +55,11 @@ sd_status sd_model_new_network(const char *name, const sd_unet_config *ucfg, int
         if (H != 1 || W != 1) {
             st = sd_error(SD_ERR_INVALID, "model mlp: needs flat data (got %dx%dx%d); use a unet "
                                           "for images", C, H, W);
+            goto fail;
+        }
+        if (C < 1 || C > SD_MODEL_MAX_DIM) {
+            st = sd_error(SD_ERR_INVALID, "model mlp: dimension %d must be in [1, %d]", C,
+                          SD_MODEL_MAX_DIM);
             goto fail;
         }
         m->kind = SD_MODEL_MLP;
@@ -60,13 +89,13 @@ sd_status sd_model_new_network(const char *name, const sd_unet_config *ucfg, int
                           name, cfg.channels, cfg.resolution, cfg.resolution, C, H, W);
             goto fail;
         }
+        if ((st = check_caps(name, &cfg)) != SD_OK) goto fail;
         if ((st = sd_unet_declare(&cfg, m->params, &m->unet)) != SD_OK) goto fail;
     } else {
         st = sd_error(SD_ERR_INVALID, "unknown model '%s' (unet-28, unet-32, unet, mlp)", name);
         goto fail;
     }
     if ((st = sd_sde_bind_shape(&m->sde, C, H, W)) != SD_OK) goto fail;
-    if ((st = sd_params_finalize(m->params)) != SD_OK) goto fail;
     m->C = C;
     m->H = H;
     m->W = W;
@@ -75,6 +104,36 @@ sd_status sd_model_new_network(const char *name, const sd_unet_config *ucfg, int
     return SD_OK;
 fail:
     sd_model_free(m);
+    return st;
+}
+
+uint64_t sd_model_param_bytes(const sd_model *m)
+{
+    return m && m->params ? (uint64_t)m->params->total * sizeof(float) : 0;
+}
+
+sd_status sd_model_finalize(sd_model *m, const char *what)
+{
+    if (!m || !m->params) return sd_error(SD_ERR_INVALID, "model finalize: not a network");
+    if (m->params->finalized) return SD_OK;
+    /* Values and gradients. */
+    char label[600];
+    snprintf(label, sizeof label, "%s: the model's %zu parameters", what ? what : "model",
+             m->params->total);
+    sd_status st = sd_mem_check(label, 2 * sd_model_param_bytes(m));
+    if (st != SD_OK) return st;
+    return sd_params_finalize(m->params);
+}
+
+sd_status sd_model_new_network(const char *name, const sd_unet_config *ucfg, int C, int H, int W,
+                               const sd_sde *sde, sd_model **out)
+{
+    sd_status st = network_declare(name, ucfg, C, H, W, sde, out);
+    if (st != SD_OK) return st;
+    if ((st = sd_model_finalize(*out, name)) != SD_OK) {
+        sd_model_free(*out);
+        *out = NULL;
+    }
     return st;
 }
 
@@ -88,15 +147,17 @@ sd_status sd_model_new_gmm(sd_gmm *gmm, const sd_sde *sde, sd_model **out)
     m->H = m->W = 1;
     m->D = (size_t)m->C;
     sd_status st = SD_OK;
-    if (sde->kind == SD_SDE_DCT) {
+    if (sd_sde_has(sde, SD_SDE_NEEDS_SHAPE)) {
         /* The mixture's points are flat: the image shape comes from the spec,
          * and the model takes it (samples are then images). */
         if (sde->shape_c < 1)
-            st = sd_error(SD_ERR_INVALID, "model gmm: --sde dct needs shape=CxHxW (the mixture "
-                                          "has %zu flat dimensions)", m->D);
+            st = sd_error(SD_ERR_INVALID, "model gmm: the %s family needs shape=CxHxW (the "
+                                          "mixture has %zu flat dimensions)", sd_sde_name(sde),
+                          m->D);
         else if ((size_t)sde->shape_c * sde->shape_h * sde->shape_w != m->D)
-            st = sd_error(SD_ERR_INVALID, "model gmm: dct shape=%dx%dx%d does not hold the "
-                                          "mixture's %zu dimensions", sde->shape_c, sde->shape_h,
+            st = sd_error(SD_ERR_INVALID, "model gmm: %s shape=%dx%dx%d does not hold the "
+                                          "mixture's %zu dimensions", sd_sde_name(sde),
+                          sde->shape_c, sde->shape_h,
                           sde->shape_w, m->D);
         else
             m->C = sde->shape_c, m->H = sde->shape_h, m->W = sde->shape_w;
@@ -181,7 +242,7 @@ sd_tensor *sd_model_forward(sd_model *m, sd_graph *g, sd_tensor *x, const double
     if (m->kind == SD_MODEL_UNET) {
         sd_tensor *x4 = x->ndim == 4 ? x : sd_reshape(g, x, 4, (int[]){n, m->C, m->H, m->W});
         sd_tensor *u = sd_unet_forward(&m->unet, m->params, g, x4, cond, sigma);
-        return m->sde.kind == SD_SDE_DCT ? dct_tweedie_score(m, g, x4, u, t) : u;
+        return sd_sde_has(&m->sde, SD_SDE_TWEEDIE_SCORE) ? dct_tweedie_score(m, g, x4, u, t) : u;
     }
     sd_tensor *x2 = x->ndim == 2 ? x : sd_reshape(g, x, 2, (int[]){n, (int)m->D});
     return sd_mlp_forward(&m->mlp, m->params, g, x2, cond, sigma);
@@ -231,12 +292,15 @@ sd_status sd_model_config_json(const sd_model *m, char *buf, size_t len)
 static int json_int(const cJSON *o, const char *key, int *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) return -1;
+    /* Range first: (int) of a double out of int's range is undefined. */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= INT_MIN && v->valuedouble <= INT_MAX) ||
+        v->valuedouble != (double)(int)v->valuedouble)
+        return -1;
     *out = (int)v->valuedouble;
     return 0;
 }
 
-sd_status sd_model_from_config_json(const char *json, const sd_sde *sde, sd_model **out)
+sd_status sd_model_declare_from_config_json(const char *json, const sd_sde *sde, sd_model **out)
 {
     *out = NULL;
     cJSON *o = cJSON_Parse(json);
@@ -254,7 +318,7 @@ sd_status sd_model_from_config_json(const char *json, const sd_sde *sde, sd_mode
             st = sd_error(SD_ERR_FORMAT, "model config: mlp with hidden %d, layers %d is not "
                                          "supported (128, 3)", hidden, layers);
         else
-            st = sd_model_new_network("mlp", NULL, dim, 1, 1, sde, out);
+            st = network_declare("mlp", NULL, dim, 1, 1, sde, out);
     } else if (strcmp(name->valuestring, "unet") == 0) {
         sd_unet_config c;
         memset(&c, 0, sizeof c);
@@ -268,16 +332,32 @@ sd_status sd_model_from_config_json(const char *json, const sd_sde *sde, sd_mode
             c.n_levels = cJSON_GetArraySize(mult);
             for (int i = 0; i < c.n_levels && st == SD_OK; i++) {
                 const cJSON *v = cJSON_GetArrayItem(mult, i);
-                if (!cJSON_IsNumber(v)) st = sd_error(SD_ERR_FORMAT, "model config: bad mult");
+                /* Range first: (int) of a double out of int's range is
+                 * undefined behaviour. */
+                if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= SD_MODEL_MAX_WIDTH) ||
+                    v->valuedouble != (double)(int)v->valuedouble)
+                    st = sd_error(SD_ERR_FORMAT, "model config: mult[%d] must be an integer in "
+                                                 "[1, %d]", i, SD_MODEL_MAX_WIDTH);
                 else c.mult[i] = (int)v->valuedouble;
             }
             if (st == SD_OK)
-                st = sd_model_new_network("unet", &c, c.channels, c.resolution, c.resolution, sde,
-                                          out);
+                st = network_declare("unet", &c, c.channels, c.resolution, c.resolution, sde,
+                                     out);
         }
     } else {
         st = sd_error(SD_ERR_FORMAT, "model config: unknown model \"%s\"", name->valuestring);
     }
     cJSON_Delete(o);
+    return st;
+}
+
+sd_status sd_model_from_config_json(const char *json, const sd_sde *sde, sd_model **out)
+{
+    sd_status st = sd_model_declare_from_config_json(json, sde, out);
+    if (st != SD_OK) return st;
+    if ((st = sd_model_finalize(*out, "model config")) != SD_OK) {
+        sd_model_free(*out);
+        *out = NULL;
+    }
     return st;
 }

@@ -60,6 +60,26 @@ sd_tensor *sd_model_forward(sd_model *m, sd_graph *g, sd_tensor *x, const double
  * graph is reset and used in no-grad mode for networks. */
 sd_status sd_model_score(sd_model *m, sd_graph *g, const float *x, size_t n, double t, float *out);
 
+/* Configuration caps, whatever asks (train's options or a checkpoint's
+ * metadata): a U-Net's level widths ch * mult[i] are at most
+ * SD_MODEL_MAX_WIDTH (so ch too), with 1..SD_UNET_MAX_LEVELS levels and
+ * 1..SD_UNET_MAX_RES_BLOCKS blocks per level; an mlp's dimension is at most
+ * SD_MODEL_MAX_DIM. Beyond the caps, the parameters' memory (values +
+ * gradients) is checked against sd_mem_check before it is allocated. */
+#define SD_MODEL_MAX_WIDTH 4096
+#define SD_MODEL_MAX_DIM (1 << 20)
+
+/* Two-step construction, so that a caller can inspect the declared
+ * parameters (names, shapes, m->params->total) before any value is
+ * allocated: sd_model_declare_from_config_json declares them, then
+ * sd_model_finalize checks the memory (label `what` in its message) and
+ * allocates. sd_model_new_network and sd_model_from_config_json do both. */
+sd_status sd_model_declare_from_config_json(const char *json, const sd_sde *sde, sd_model **out);
+sd_status sd_model_finalize(sd_model *m, const char *what);
+/* Bytes of one copy of the parameters (values; gradients, EMA and each Adam
+ * moment are as large again). */
+uint64_t sd_model_param_bytes(const sd_model *m);
+
 /* Config as a JSON object string into buf; returns SD_OK or SD_ERR_INVALID if
  * the buffer is too small. */
 sd_status sd_model_config_json(const sd_model *m, char *buf, size_t len);

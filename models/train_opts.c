@@ -114,6 +114,11 @@ const sd_option sd_train_options[] = {
      .help = "print the data summary, the model's parameter count and\n"
              "NCSNv2's sigma_max, L and Langevin step size, then exit"},
     SD_OPT_F("--quiet", O, quiet, 1, "no progress display"),
+    {.flag = "--max-memory", .type = SD_OPT_BYTES, .offset = offsetof(O, max_memory),
+     .size = sizeof(uint64_t), .arg = "SIZE",
+     .help = "refuse (exit 1) a data set, batch or model whose memory,\n"
+             "estimated before allocating, exceeds SIZE (e.g. 4G, 512M);\n"
+             "the machine's available memory is always a limit"},
 };
 const size_t sd_train_n_options = sizeof sd_train_options / sizeof *sd_train_options;
 
@@ -258,7 +263,7 @@ static bool sde_conflicts(const char *given, const char *stored)
 {
     sd_sde g, s;
     if (sd_sde_parse(given, &g) != SD_OK || sd_sde_parse(stored, &s) != SD_OK) return true;
-    if (g.kind != s.kind) return true;
+    if (strcmp(sd_sde_name(&g), sd_sde_name(&s)) != 0) return true;
     const struct { const char *key; double a, b; } k[] = {
         {"sigma_min=", g.sigma_min, s.sigma_min}, {"sigma_max=", g.sigma_max, s.sigma_max},
         {"L=", g.levels, s.levels}, {"beta_min=", g.beta_min, s.beta_min},
@@ -318,11 +323,15 @@ sd_status sd_train_resume(sd_train_opts *o, const sd_train_hooks *hooks)
         }
         memcpy((char *)&s + op->offset, (const char *)o + op->offset, op->size);
     }
-    memcpy(s.out, o->out, sizeof s.out);
+    /* options not stored with the run (--out, --dry-run, --quiet, --max-memory)
+     * are this invocation's */
+    for (size_t i = 0; i < sd_train_n_options; i++) {
+        const sd_option *op = &sd_train_options[i];
+        if (op->type != SD_OPT_TEXT && !op->key)
+            memcpy((char *)&s + op->offset, (const char *)o + op->offset, op->size);
+    }
     s.given = o->given;
     s.resume = true;
-    s.dry_run = o->dry_run;
-    s.quiet = o->quiet;
     *o = s;
     return SD_OK;
 }

@@ -25,6 +25,7 @@
 #include <cjson/cJSON.h>
 
 #include "checkpoint.h"
+#include "sd/membudget.h"
 #include "sd/safetensors.h"
 
 /* ---- run directory ------------------------------------------------------- */
@@ -469,6 +470,9 @@ int sd_train_run(const sd_train_opts *in, const sd_train_hooks *hooks, sd_train_
     snprintf(R.eckpt, sizeof R.eckpt, "%.*s/checkpoint.safetensors", (int)(sizeof R.eckpt - 32),
              R.eout);
     int rc = 0;
+    /* --max-memory: the budget is process-wide; this run's only */
+    const uint64_t budget0 = sd_mem_budget();
+    if (R.o.max_memory) sd_mem_set_budget(R.o.max_memory);
     if ((rc = sd__train_validate(&R)) != 0) goto done;
     if (R.o.threads > 0) sd_threads_init(R.o.threads);
     if ((rc = sd__train_load_data(&R)) || (rc = sd__train_resolve_sde(&R)) ||
@@ -492,5 +496,6 @@ done:
     sd_free(R.xbuf);
     sd_free(R.stash);
     if (R.lock_fd >= 0) close(R.lock_fd);
+    sd_mem_set_budget(budget0);
     return rc;
 }

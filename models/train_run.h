@@ -80,6 +80,8 @@ typedef struct sd_train_opts {
     int threads;                  /* 0: OMP_NUM_THREADS / all cores */
     uint64_t seed;
     bool resume, dry_run, quiet;
+    uint64_t max_memory;          /* 0: none; else the memory budget (sd/membudget.h)
+                                     during sd_train_run, restored afterwards */
     uint64_t given;               /* bit i: sd_train_options[i] was given (command line) */
 } sd_train_opts;
 
@@ -174,8 +176,8 @@ int sd_train_run(const sd_train_opts *o, const sd_train_hooks *hooks, sd_train_r
 /* For o->resume: read o->out/config.json; refuse (SD_ERR_INVALID, naming the
  * option and both values) a given fixed option that differs from the run's;
  * otherwise replace o by the stored options, with the given ones that may
- * change (--steps, --ckpt-every, ...) and o's out, resume, dry_run, quiet
- * and given. A changed thread count is reported through hooks->log. */
+ * change (--steps, --ckpt-every, ...) and o's options that are not stored
+ * (out, dry_run, quiet, max_memory) and given. A changed thread count is reported through hooks->log. */
 sd_status sd_train_resume(sd_train_opts *o, const sd_train_hooks *hooks);
 
 /* Every option in its table range (0 allowed where it means "derive it");

@@ -53,8 +53,8 @@ static int resolve_transform(run *R)
     if (strcmp(t, "auto") == 0) {
         snprintf(t, sizeof R->o.transform, "%s",
                  points ? "identity"
-                        : (R->sde.kind == SD_SDE_VP || R->sde.kind == SD_SDE_SUBVP) ? "centered"
-                                                                                      : "unit");
+                        : sd_sde_has(&R->sde, SD_SDE_CENTERED_DATA) ? "centered"
+                                                                    : "unit");
         return 0;
     }
     if (points && strcmp(t, "identity") != 0)
@@ -106,9 +106,9 @@ int sd__train_resolve_sde(run *R)
     if (sd_sde_parse(o->sde, &R->sde) != SD_OK) return fail(R, 2, "%s", sd_error_message());
     int rc = resolve_transform(R);
     if (rc) return rc;
-    bool sigma_family = R->sde.kind == SD_SDE_NCSN || R->sde.kind == SD_SDE_VE;
+    bool sigma_family = sd_sde_has(&R->sde, SD_SDE_NCSNV2_SIGMA);
     R->sigma_from_data = sigma_family && !strstr(o->sde, "sigma_max=");
-    R->levels_from_data = R->sde.kind == SD_SDE_NCSN && !strstr(o->sde, "L=");
+    R->levels_from_data = sd_sde_has(&R->sde, SD_SDE_DISCRETE_LEVELS) && !strstr(o->sde, "L=");
     if ((R->sigma_from_data || o->dry_run) && (rc = data_distance(R))) return rc;
     if (R->sigma_from_data) {
         if (R->dist > R->sde.sigma_min) {
@@ -127,10 +127,10 @@ int sd__train_resolve_sde(run *R)
         if (R->levels_from_data && R->levels >= 2) R->sde.levels = R->levels;
         else R->levels_from_data = false;
         if (R->levels < 2) /* no Technique 2 (D < 5): the family's or 10 levels */
-            R->levels = R->sde.kind == SD_SDE_NCSN ? R->sde.levels : 10;
+            R->levels = sd_sde_has(&R->sde, SD_SDE_DISCRETE_LEVELS) ? R->sde.levels : 10;
         /* The Langevin step follows the ladder the sampler will walk: the
          * family's own for ncsn, Technique 2's for ve. */
-        int L = R->sde.kind == SD_SDE_NCSN ? R->sde.levels : R->levels;
+        int L = sd_sde_has(&R->sde, SD_SDE_DISCRETE_LEVELS) ? R->sde.levels : R->levels;
         double ratio = L >= 2 ? pow(R->sde.sigma_max / R->sde.sigma_min, 1.0 / (L - 1)) : 0.0;
         R->eps = sd_ncsnv2_step_size(ratio, R->sde.sigma_min, LANGEVIN_T);
     }

@@ -54,7 +54,7 @@ static double time_of_ratio(const sd_sde *sde, double target, double lo, double 
 
 static double level_time(const sd_sde *sde, const sd_sampler_opts *o, int i, int L)
 {
-    if (sde->kind == SD_SDE_NCSN) return sd_sde_level_time(sde, i);
+    if (sd_sde_has(sde, SD_SDE_DISCRETE_LEVELS)) return sd_sde_level_time(sde, i);
     double eps = sd__t_eps(sde, o);
     if (L == 1) return eps;
     if (i == 0) return 1.0;
@@ -68,7 +68,7 @@ sd_status sd__langevin_batch(sd__batch *b)
 {
     const sd_sde *sde = &b->sc->sde;
     const sd_sampler_opts *o = b->o;
-    int L = sde->kind == SD_SDE_NCSN ? sd_sde_levels(sde) : o->levels;
+    int L = sd_sde_has(sde, SD_SDE_DISCRETE_LEVELS) ? sd_sde_levels(sde) : o->levels;
     int T = o->steps_per_level;
     double t_last = level_time(sde, o, L - 1, L);
     double sig_last = sd_sde_sigma(sde, t_last);

@@ -113,7 +113,7 @@ sd_status sd_lik_new(sd_model *m, const sd_lik_config *cfg, sd_lik **out)
     if (!(c.T > 0 && c.T <= 1.0) || !(c.eps >= 0 && c.eps < c.T))
         return sd_error(SD_ERR_INVALID, "likelihood: need 0 <= eps < T <= 1 (eps %g, T %g)", c.eps,
                         c.T);
-    if (c.eps == 0 && (m->sde.kind == SD_SDE_VP || m->sde.kind == SD_SDE_SUBVP))
+    if (c.eps == 0 && sd_sde_has(&m->sde, SD_SDE_DEGENERATE_AT_ZERO))
         return sd_error(SD_ERR_INVALID, "likelihood: eps must be > 0 for %s (the kernel is "
                                         "degenerate at t = 0)", sd_sde_name(&m->sde));
     if (!(c.rtol > 0 && c.atol > 0))

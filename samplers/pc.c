@@ -42,7 +42,7 @@
 static double grid_time(const sd_sde *sde, double eps, int i, int N)
 {
     if (i >= N) return -1.0; /* clean data */
-    if (sde->kind == SD_SDE_NCSN) return sd_sde_level_time(sde, i);
+    if (sd_sde_has(sde, SD_SDE_DISCRETE_LEVELS)) return sd_sde_level_time(sde, i);
     if (N == 1) return 1.0;
     return 1.0 - (1.0 - eps) * ((double)i / (N - 1));
 }
@@ -132,7 +132,7 @@ sd_status sd__pc_batch(sd__batch *b)
     const sd_sde *sde = &b->sc->sde;
     const sd_sampler_opts *o = b->o;
     double eps = sd__t_eps(sde, o);
-    int N = sde->kind == SD_SDE_NCSN ? sd_sde_levels(sde) : o->steps;
+    int N = sd_sde_has(sde, SD_SDE_DISCRETE_LEVELS) ? sd_sde_levels(sde) : o->steps;
     sd_status st = SD_OK;
     for (int i = 0; i < N; i++) {
         double t = grid_time(sde, eps, i, N), t_next = grid_time(sde, eps, i + 1, N);

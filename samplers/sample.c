@@ -221,7 +221,7 @@ static sd_status validate(const sd_scorer *sc, const sd_sampler_opts *o, int mod
     if (!(eps >= 0 && eps < 1))
         return sd_error(SD_ERR_INVALID, "sampler: the smallest time must be in [0, 1) (got %g)",
                         eps);
-    bool vp_like = sde->kind == SD_SDE_VP || sde->kind == SD_SDE_SUBVP;
+    bool vp_like = sd_sde_has(sde, SD_SDE_DEGENERATE_AT_ZERO);
     sd_sampler_kind kind = mode == 0 ? o->kind : SD_SAMPLER_ODE;
     /* Tweedie's denoiser needs a Gaussian kernel (sd_sde_tweedie): the
      * langevin sampler, pc without predictor and ode use it when denoise is on. */
@@ -235,7 +235,7 @@ static sd_status validate(const sd_scorer *sc, const sd_sampler_opts *o, int mod
     if (kind == SD_SAMPLER_LANGEVIN) {
         if (o->steps_per_level < 1)
             return sd_error(SD_ERR_INVALID, "langevin: steps per level must be >= 1");
-        if (sde->kind != SD_SDE_NCSN && o->levels < 1)
+        if (!sd_sde_has(sde, SD_SDE_DISCRETE_LEVELS) && o->levels < 1)
             return sd_error(SD_ERR_INVALID, "langevin: levels must be >= 1");
         if (!(o->step_eps >= 0) || !isfinite(o->step_eps))
             return sd_error(SD_ERR_INVALID, "langevin: step eps must be >= 0");
@@ -249,7 +249,7 @@ static sd_status validate(const sd_scorer *sc, const sd_sampler_opts *o, int mod
             return sd_error(SD_ERR_INVALID, "pc: predictor none needs the corrector");
         if (o->corrector && (o->corrector_steps < 1 || !(o->snr > 0) || !isfinite(o->snr)))
             return sd_error(SD_ERR_INVALID, "pc: the corrector needs steps >= 1 and snr > 0");
-        if (sde->kind != SD_SDE_NCSN && o->steps < 1)
+        if (!sd_sde_has(sde, SD_SDE_DISCRETE_LEVELS) && o->steps < 1)
             return sd_error(SD_ERR_INVALID, "pc: steps must be >= 1");
         if (!sd_sde_is_isotropic(sde) && (o->predictor == SD_PRED_REVERSE_DIFFUSION ||
                                           o->predictor == SD_PRED_ANCESTRAL))

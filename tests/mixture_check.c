@@ -171,10 +171,10 @@ fastmix *fastmix_new(const mixture *m, const sd_sde *sde)
     f->par_min = 8192;
     f->state = sd_sde_state_dependent(sde);
     if (f->state) {
-        memset(&f->sde, 0, sizeof f->sde);
-        f->sde.kind = SD_SDE_VE;
-        f->sde.sigma_min = sde->sigma_min;
-        f->sde.sigma_max = sde->sigma_max;
+        if (sd_sde_latent(sde, &f->sde) != SD_OK) {
+            free(f);
+            return NULL;
+        }
     } else {
         f->sde = *sde;
     }

@@ -627,7 +627,9 @@ static size_t put_chunk(uint8_t *b, const char *type, const uint8_t *data, uint3
     put_be32(b, len);
     memcpy(b + 4, type, 4);
     if (len) memcpy(b + 8, data, len);
-    put_be32(b + 8 + len, (uint32_t)crc32(crc32(0, (const Bytef *)type, 4), data, len));
+    /* Over b + 4, not (type, data): zlib's crc32(crc, NULL, 0) returns 0,
+     * not crc, so an empty IEND got CRC 0, which the decoder now refuses. */
+    put_be32(b + 8 + len, (uint32_t)crc32(0, b + 4, len + 4));
     return 12 + len;
 }
 

@@ -1,5 +1,5 @@
 /* test_matrix_samplers.c - samplers and likelihoods under the matrix-valued
- * noise families (dct, dense, state; lib/sde.c) with the exact score of a
+ * noise families (dct, dense, state; models/sde/) with the exact score of a
  * Gaussian mixture.
  *
  * Mixtures and families:

@@ -1,4 +1,4 @@
-/* test_matrix_sde.c - the matrix-valued noise families of lib/sde.c (dct,
+/* test_matrix_sde.c - the matrix-valued noise families of models/sde/ (dct,
  * dense, state) at the operator level:
  *   - dct's closed-form kernel against Monte Carlo simulation of its forward
  *     SDE by Euler-Maruyama (means and covariances per frequency, within
@@ -394,7 +394,7 @@ START_TEST(test_dense_checkpoint)
     ck_assert_int_eq(sd_checkpoint_save(ck, m, NULL, NULL), SD_OK);
     unlink(path);
     ck_assert_int_eq(sd_checkpoint_load_model(ck, false, &back, NULL), SD_OK);
-    ck_assert_int_eq(back->sde.kind, SD_SDE_DENSE);
+    ck_assert_str_eq(sd_sde_name(&back->sde), "dense");
     ck_assert_int_eq(memcmp(back->sde.cov, s.cov, sizeof s.cov), 0);
     ck_assert_int_eq(memcmp(back->sde.chol, s.chol, sizeof s.chol), 0);
     sd_model_free(m);

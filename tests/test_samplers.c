@@ -129,7 +129,7 @@ static sd_sampler_opts case_opts(int which, const sd_sde *sde)
         o = sd_sampler_defaults(SD_SAMPLER_LANGEVIN);
         o.steps_per_level = LANGEVIN_T;
         o.levels = LANGEVIN_L;
-        double sl = sd_sde_sigma(sde, sde->kind == SD_SDE_NCSN ? 0.0 : sd_sde_default_eps(sde));
+        double sl = sd_sde_sigma(sde, sd_sde_has(sde, SD_SDE_DISCRETE_LEVELS) ? 0.0 : sd_sde_default_eps(sde));
         o.step_eps = LANGEVIN_RATIO * sl * sl;
         break;
     }

@@ -19,8 +19,11 @@ static void usage(FILE *f)
 "\n"
 "Prints a checkpoint's metadata (model configuration, noise family, data shape\n"
 "and transform, training step, seed, optimizer and training settings), its\n"
-"parameter count and sections, and checks that it loads. For a run directory\n"
-"the checkpoint is RUN_DIR/checkpoint.safetensors.\n"
+"parameter count and sections, and checks that it loads. The check is the one\n"
+"sample and train --resume make (every tensor of every section it holds: name,\n"
+"dtype F32, shape from model_config, finite values), before the model is built;\n"
+"a checkpoint they would refuse is reported with the reason and exit code 2.\n"
+"For a run directory the checkpoint is RUN_DIR/checkpoint.safetensors.\n"
 "  --tensors   also list every tensor with its dtype and shape\n"
 "Exit codes: 0 a loadable checkpoint, 2 missing, malformed or not a checkpoint.\n");
 }
@@ -86,10 +89,19 @@ int sd_cmd_info(int argc, char **argv)
 
     sd_model *m;
     sd_ckpt_meta meta;
+    /* The loaders' own validation (checkpoint.c check_tensors), not a copy. */
     st = sd_checkpoint_load_model(path, true, &m, &meta);
-    if (st != SD_OK) return cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
+    if (st != SD_OK) {
+        printf("loads:          no\n");
+        /* Non-finite values make the file malformed, like a bad shape. */
+        return cli_fail(CMD, st == SD_ERR_NUMERIC ? 2 : cli_exit_code(st), "%s",
+                        sd_error_message());
+    }
     printf("parameters:     %zu trainable\n", sd_params_trainable_count(m->params));
-    printf("loads:          yes (%s weights)\n", counts[1] ? "EMA" : "raw");
+    printf("loads:          yes (%s weights; all %zu tensors checked)\n", counts[1] ? "EMA" : "raw",
+           n);
+    printf("resumable:      %s\n", counts[1] ? "yes (EMA and Adam moments present)"
+                                              : "no (weights only)");
     sd_model_free(m);
     return 0;
 }

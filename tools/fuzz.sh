@@ -45,7 +45,7 @@ safetensors)
     dict="tests/fuzz/safetensors.dict"
     ;;
 image)
-    srcs="tests/fuzz/fuzz_image.c lib/stb_image_impl.c lib/data_image.c lib/data_csv.c lib/status.c"
+    srcs="tests/fuzz/fuzz_image.c lib/stb_image_impl.c lib/data_image.c lib/data_csv.c lib/status.c lib/mem_budget.c"
     libs="zlib"
     ;;
 csv)

@@ -44,13 +44,26 @@
  * Bad input
  *   A file that cannot be read or decoded is skipped: one warning "path:
  *   reason" goes to the warn callback (default: stderr) and it is counted in
- *   sd_dataset.summary. Headers are checked with stbi_info before any pixel is
- *   decoded; dimensions over SD_IMAGE_MAX_SIDE per side or SD_IMAGE_MAX_PIXELS
- *   in total, or files over SD_IMAGE_MAX_FILE_BYTES, are rejected. Errors
- *   (the caller should exit with status 2): the path is neither a directory
- *   nor a .csv file, a directory cannot be read, no usable image was found,
- *   native sizes differ without a target size (naming the first mismatching
- *   file), a malformed CSV line ("f.csv:17: expected 2 values, got 3").
+ *   sd_dataset.summary; loading fails only if no image remains. Headers are
+ *   checked with stbi_info before any pixel is decoded; dimensions over
+ *   SD_IMAGE_MAX_SIDE per side or SD_IMAGE_MAX_PIXELS in total, or files over
+ *   SD_IMAGE_MAX_FILE_BYTES, are rejected, and so is a header that claims
+ *   more pixels than its file can hold (sd_image_probe: a JPEG needs at least
+ *   1 bit per 8x8 block, i.e. w * h / 512 bytes; a PNG at least 1/1032 of its
+ *   filtered rows, deflate's limit; BMP and PNM their whole pixel array).
+ *   Decisions on odd files: top-down BMPs load; RLE BMPs are refused as
+ *   unsupported; a PNG with a bad CRC on a critical chunk, or with palette
+ *   indices past its PLTE, is refused (as libpng does).
+ *   Without a target size, every header is probed first and the size most
+ *   images share (ties: the first file's in path order) is the data set's,
+ *   so a corrupt header neither sets it nor gets a good file blamed. The
+ *   cache's size is then checked with sd_mem_check (sd/membudget.h) before
+ *   it is allocated (SD_ERR_NOMEM, naming the folder and the figure).
+ *   Errors (the caller should exit with status 2): the path is neither a
+ *   directory nor a .csv file, a directory cannot be read, no usable image
+ *   was found, native sizes differ without a target size (naming the first
+ *   file, in path order, whose size is not the majority's), a malformed CSV
+ *   line ("f.csv:17: expected 2 values, got 3").
  *
  * Threading and ownership
  *   Loading functions are reentrant. A loader is used by one thread at a time
@@ -91,6 +104,14 @@ typedef struct sd_image {
  * reason alone (no path), e.g. "PNG header claims 100000 x 100000 pixels
  * (limit 16384 per side, 16777216 in total)". */
 sd_status sd_image_decode(const uint8_t *buf, size_t len, sd_image *out);
+/* Every check sd_image_decode makes before decoding a pixel: magic, limits,
+ * the structure checks against stb's known bugs, stbi_info, and plausibility
+ * (a file cannot hold more pixels than its compression allows: JPEG at least
+ * 1 bit per 8x8 block, PNG deflate at most 1032:1, BMP and PNM uncompressed
+ * need their whole pixel array). Critical PNG chunks must have valid CRCs and
+ * indexed PNG pixels must lie inside the palette. On success *w, *h, *comp
+ * are the image's size and channels; on failure the message is the reason. */
+sd_status sd_image_probe(const uint8_t *buf, size_t len, int *w, int *h, int *comp);
 void sd_image_free(sd_image *img);
 
 /* Encode pixels [h, w, comp] (comp 1..4) as PNG and write it to `path`
@@ -174,6 +195,8 @@ typedef struct sd_loader_opts {
     int threaded;  /* 1: a background thread prepares the next batch */
 } sd_loader_opts;
 
+/* Its two batch buffers and permutations are checked with sd_mem_check
+ * before they are allocated (SD_ERR_NOMEM with the figure). */
 sd_status sd_loader_new(const sd_dataset *ds, const sd_loader_opts *opts,
                         sd_loader **out);
 

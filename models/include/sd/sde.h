@@ -66,10 +66,14 @@
  *
  * Data layout: a batch of n points of dimension D = C*H*W, row-major [n, D];
  * one time t for the whole batch (callers loop for per-sample times).
+ * Families are tables of operators (sd/sde_family.h; one file each under
+ * models/sde/) in a registry that parse walks: callers test capability
+ * flags (sd_sde_has) and call the functions below, never the family's name.
+ *
  * An sd_sde is a plain value (copy it freely; no allocation, nothing to
  * free): dense keeps C, its Cholesky factor and eigenvectors inline, which is
- * why its dimension is capped. Every function other than parse is pure and
- * thread-safe.
+ * why its dimension is capped. Every function other than parse and
+ * sd_sde_register is pure and thread-safe (parse only reads the registry).
  */
 #ifndef SD_SDE_H
 #define SD_SDE_H
@@ -81,15 +85,44 @@
 
 typedef struct sd_rng sd_rng;
 
-typedef enum sd_sde_kind {
-    SD_SDE_NCSN,
-    SD_SDE_VE,
-    SD_SDE_VP,
-    SD_SDE_SUBVP,
-    SD_SDE_DCT,
-    SD_SDE_DENSE,
-    SD_SDE_STATE
-} sd_sde_kind;
+/* A family's table of operators and capability flags (sd/sde_family.h,
+ * which also tells how to add a family). */
+typedef struct sd_sde_family sd_sde_family;
+
+/* Capability flags of a family; test them with sd_sde_has, never the name. */
+enum {
+    /* A, Sigma, F, G multiples of I: the exact scalar transitions of reverse
+     * diffusion, ancestral sampling, the ELBO and inpainting exist (ncsn, ve,
+     * vp, subvp). */
+    SD_SDE_ISOTROPIC = 1u << 0,
+    /* Discrete noise levels (ncsn): samplers walk sd_sde_levels / level_time
+     * instead of a time grid, and the smallest time is 0. */
+    SD_SDE_DISCRETE_LEVELS = 1u << 1,
+    /* G depends on x (state): no Gaussian kernel, no Tweedie step, modes or
+     * dense kernel; the flow carries div[G G^T]. */
+    SD_SDE_STATE_DEPENDENT = 1u << 2,
+    /* The operators need the data's C x H x W (dct): bound by
+     * sd_sde_bind_shape or a shape= key. */
+    SD_SDE_NEEDS_SHAPE = 1u << 3,
+    /* The prior is N(0, I)-scaled and the data are best centred in [-1, 1]
+     * (vp, subvp): the "auto" image transform is "centered", not "unit". */
+    SD_SDE_CENTERED_DATA = 1u << 4,
+    /* The network is conditioned on t rather than log sigma(t) (vp, subvp). */
+    SD_SDE_COND_TIME = 1u << 5,
+    /* sigma(0) = 0, the kernel is degenerate at t = 0 (vp, subvp): the
+     * smallest time of Langevin and of the likelihood must be > 0. */
+    SD_SDE_DEGENERATE_AT_ZERO = 1u << 6,
+    /* A U-Net under this family predicts through Tweedie's formula in the
+     * family's modes (dct; the checkpoint's score_param "dct-tweedie"). */
+    SD_SDE_TWEEDIE_SCORE = 1u << 7,
+    /* sigma_max (and, with discrete levels, L) follow NCSNv2's rules from the
+     * data when the spec leaves them out (ncsn, ve). */
+    SD_SDE_NCSNV2_SIGMA = 1u << 8,
+    /* A matrix is part of the family (dense): checkpoints store it as
+     * "sde_cov" (sd_sde_cov_json) and parse it back with
+     * sd_sde_parse_with_cov. */
+    SD_SDE_STORED_COV = 1u << 9,
+};
 
 /* Largest dimension of the dense family (its matrices live in the struct). */
 #define SD_SDE_DENSE_MAX 16
@@ -97,7 +130,7 @@ typedef enum sd_sde_kind {
 #define SD_SDE_PATH_MAX 192
 
 typedef struct sd_sde {
-    sd_sde_kind kind;
+    const sd_sde_family *family; /* set by parse; never NULL in a parsed value */
     double sigma_min, sigma_max; /* ncsn, ve, dct, dense, state */
     int levels;                  /* ncsn */
     double beta_min, beta_max;   /* vp, subvp */
@@ -111,6 +144,10 @@ typedef struct sd_sde {
     double eigvec[SD_SDE_DENSE_MAX * SD_SDE_DENSE_MAX]; /* Q, eigenvectors in columns */
     double eigval[SD_SDE_DENSE_MAX];
     char cov_path[SD_SDE_PATH_MAX]; /* as given in the spec */
+    /* Free for a family's own numbers (a family registered outside the
+     * library, e.g. tests/test_sde_family.c's per-dimension scales). */
+    int n_extra;
+    double extra[SD_SDE_DENSE_MAX];
 } sd_sde;
 
 /* Parse a spec; unknown names or keys, bad numbers and inconsistent values
@@ -130,13 +167,23 @@ sd_status sd_sde_cov_json(const sd_sde *s, char *buf, size_t len);
 /* Canonical spec with every key ("ve:sigma_min=0.01,sigma_max=50"). */
 void sd_sde_to_string(const sd_sde *s, char *buf, size_t len);
 const char *sd_sde_name(const sd_sde *s);
-/* ncsn, ve, vp, subvp: A, Sigma, F, G multiples of I (the exact scalar
- * transitions of reverse diffusion, ancestral sampling, the ELBO and
- * inpainting exist for these only). */
+/* Whether the family has every capability in flags (SD_SDE_* above). */
+bool sd_sde_has(const sd_sde *s, unsigned flags);
+/* sd_sde_has(s, SD_SDE_ISOTROPIC). */
 bool sd_sde_is_isotropic(const sd_sde *s);
-/* G depends on x (state): the probability flow and the reverse SDE carry a
- * div[G G^T] term and the operators G, G G^T need x. */
+/* sd_sde_has(s, SD_SDE_STATE_DEPENDENT): the probability flow and the
+ * reverse SDE carry a div[G G^T] term and the operators G, G G^T need x. */
 bool sd_sde_state_dependent(const sd_sde *s);
+/* A state-dependent family that is the image x = h(y) of a linear family's
+ * diffusion y (state: asinh of ve): that linear family into *out (densities
+ * follow by change of variables). SD_ERR_INVALID for other families. */
+sd_status sd_sde_latent(const sd_sde *s, sd_sde *out);
+/* Add a family to the registry that sd_sde_parse walks (after the built-in
+ * ones), by its table; see sd/sde_family.h. Not thread-safe: call it before
+ * any parse, e.g. at the start of main. SD_ERR_INVALID for a table without
+ * a name or a required operator, or a name already registered;
+ * SD_ERR_NOMEM when the registry is full (SD_SDE_MAX_FAMILIES). */
+sd_status sd_sde_register(const sd_sde_family *f);
 /* Bind a family to the data shape: dct takes C x H x W (or checks a shape
  * given in its spec), dense checks D == its dimension; others accept any.
  * SD_ERR_INVALID with a message on a mismatch. */
@@ -147,8 +194,8 @@ sd_status sd_sde_bind_shape(sd_sde *s, int C, int H, int W);
  * and the default DSM weight's square root). dct, dense and state: VE's
  * sigma(t) (dct's white noise; dense's scale of C; state's y-space noise). */
 double sd_sde_sigma(const sd_sde *s, double t);
-/* The network's conditioning input: log sigma(t) for the VE-schedule
- * families, t for vp/subvp (reference-model.md). */
+/* The network's conditioning input: log sigma(t), or t for the families
+ * with SD_SDE_COND_TIME (vp, subvp; reference-model.md). */
 double sd_sde_cond(const sd_sde *s, double t);
 /* Mean coefficient a(t) of the isotropic families (A = a I); 1 for dct (its
  * DC coefficient), dense and state. */
@@ -156,9 +203,11 @@ double sd_sde_mean_coef(const sd_sde *s, double t);
 /* g(t)^2 for likelihood weighting (isotropic families; VE's for the others). */
 double sd_sde_g2(const sd_sde *s, double t);
 /* Smallest time the family is used at by default (1e-5 for the continuous
- * families as in Song et al.; 0 for ncsn whose last level is sigma_min). */
+ * families as in Song et al.; 0 with SD_SDE_DISCRETE_LEVELS: ncsn, whose last
+ * level is sigma_min). */
 double sd_sde_default_eps(const sd_sde *s);
-/* ncsn: the L levels, t of level i (0-based, i = 0 is sigma_max). */
+/* Families with SD_SDE_DISCRETE_LEVELS (ncsn): the L levels (0 for the
+ * others), t of level i (0-based, i = 0 is sigma_max). */
 int sd_sde_levels(const sd_sde *s);
 double sd_sde_level_time(const sd_sde *s, int i);
 
