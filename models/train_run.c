@@ -2,9 +2,9 @@
  *
  * Order of work: check the options, load the data, resolve the noise family
  * (NCSNv2's data-driven sigma_max / L unless given), the data transform and
- * the model, set up the trainer (train_setup.c); then (unless --dry-run) lock RUN_DIR, write config.json, restore the
- * checkpoint when resuming, cut metrics.csv back to its step, and run the
- * steps. Everything that writes into RUN_DIR goes through a temporary file,
+ * the model, set up the trainer (train_setup.c); then (unless --dry-run)
+ * lock RUN_DIR, write config.json, restore the checkpoint when resuming, cut
+ * metrics.csv back to its step, and run the steps. Everything that writes into RUN_DIR goes through a temporary file,
  * fsync and rename, so a crash at any point leaves each file either old or
  * new (metrics.csv is appended line by line and fsynced before every
  * checkpoint, so it always reaches at least the checkpoint's step).

@@ -177,7 +177,8 @@ int sd_train_run(const sd_train_opts *o, const sd_train_hooks *hooks, sd_train_r
  * option and both values) a given fixed option that differs from the run's;
  * otherwise replace o by the stored options, with the given ones that may
  * change (--steps, --ckpt-every, ...) and o's options that are not stored
- * (out, dry_run, quiet, max_memory) and given. A changed thread count is reported through hooks->log. */
+ * (out, dry_run, quiet, max_memory) and given. A changed thread count is
+ * reported through hooks->log. */
 sd_status sd_train_resume(sd_train_opts *o, const sd_train_hooks *hooks);
 
 /* Every option in its table range (0 allowed where it means "derive it");
