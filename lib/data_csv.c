@@ -15,6 +15,7 @@
  * the C locale unless the program calls setlocale, which scorediff does not).
  */
 #include "sd/data.h"
+#include "sd/file.h"
 
 #include <errno.h>
 #include <float.h>
@@ -128,8 +129,9 @@ sd_status sd_data_load_csv(const char *path, sd_dataset *out)
 {
     memset(out, 0, sizeof *out);
     if (!path) return sd_error(SD_ERR_INVALID, "load csv: NULL path");
-    FILE *f = fopen(path, "r");
-    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f; /* sd/file.h: a FIFO or directory is refused at once */
+    sd_status ost = sd_file_fopen_read(path, &f);
+    if (ost != SD_OK) return ost;
 
     sd_status st = SD_OK;
     float_vec vals = {0};

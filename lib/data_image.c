@@ -13,6 +13,7 @@
  * taken on the stored 8-bit values, as most training pipelines do).
  */
 #include "sd/data.h"
+#include "sd/file.h"
 #include "sd/membudget.h"
 
 #include <dirent.h>
@@ -182,51 +183,23 @@ done:
 
 /* ---- Files ---- */
 
-/* Read a whole regular file of at most max_bytes. The message is the reason
- * only; the caller prefixes the path. */
+/* Read a whole regular file of at most max_bytes (sd/file.h: a FIFO never
+ * blocks). The message is the reason only; the caller prefixes the path. */
 static sd_status read_file(const char *path, size_t max_bytes, uint8_t **data, size_t *len)
 {
-    *data = NULL;
-    *len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return sd_error(SD_ERR_IO, "cannot open: %s", strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return sd_error(SD_ERR_IO, "cannot stat: %s", strerror(e));
+    char *buf;
+    sd_status st = sd_file_read_all(path, max_bytes, &buf, len);
+    *data = (uint8_t *)buf;
+    if (st != SD_OK) {
+        /* sd_file_read_all's message starts with "<path>: " */
+        const char *m = sd_error_message();
+        size_t pl = strlen(path);
+        if (strncmp(m, path, pl) == 0 && strncmp(m + pl, ": ", 2) == 0) m += pl + 2;
+        char reason[256];
+        snprintf(reason, sizeof reason, "%s", m);
+        st = sd_error(st, "%s", reason);
     }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return sd_error(SD_ERR_IO, "not a regular file");
-    }
-    if (sb.st_size < 0 || (uint64_t)sb.st_size > max_bytes) {
-        close(fd);
-        return sd_error(SD_ERR_FORMAT, "file of %lld bytes exceeds the %zu-byte limit",
-                        (long long)sb.st_size, max_bytes);
-    }
-    size_t want = (size_t)sb.st_size, got = 0;
-    uint8_t *buf = sd_malloc(want);
-    if (!buf) {
-        close(fd);
-        return SD_ERR_NOMEM;
-    }
-    while (got < want) {
-        ssize_t k = read(fd, buf + got, want - got);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) {
-            int e = errno;
-            close(fd);
-            sd_free(buf);
-            return sd_error(SD_ERR_IO, "read error: %s", strerror(e));
-        }
-        if (k == 0) break; /* truncated while we read: decode what is there */
-        got += (size_t)k;
-    }
-    close(fd);
-    *data = buf;
-    *len = got;
-    return SD_OK;
+    return st;
 }
 
 static int has_image_ext(const char *name)

@@ -13,6 +13,7 @@
  * as the sizes say (a truncated file and trailing bytes are both errors).
  */
 #include "sd/data.h"
+#include "sd/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -55,13 +56,9 @@ sd_status sd_idx_read(const char *path, sd_idx *out)
 {
     memset(out, 0, sizeof *out);
     if (!path) return sd_error(SD_ERR_INVALID, "idx: NULL path");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return sd_error(SD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return sd_error(SD_ERR_IO, "%s: not a regular file", path);
-    }
+    int fd; /* sd/file.h: a FIFO or directory is refused at once */
+    sd_status ost = sd_file_open_read(path, &fd, NULL);
+    if (ost != SD_OK) return ost;
     gzFile gz = gzdopen(fd, "rb");
     if (!gz) {
         close(fd);

@@ -16,6 +16,7 @@
  * sees the text, and duplicates are found after parsing by sorting names.
  */
 #include "sd/safetensors.h"
+#include "sd/file.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -486,23 +487,19 @@ sd_status sd_safetensors_open(const char *path, sd_safetensors **out)
 {
     if (!path || !out) return sd_error(SD_ERR_INVALID, "sd_safetensors_open: NULL argument");
     *out = NULL;
-    /* O_NONBLOCK: opening a FIFO must not hang; it is refused below. */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return st_fail(SD_ERR_IO, path, "cannot open: %s", strerror(errno));
+    /* sd/file.h: never blocks on a FIFO, refuses anything but a regular file. */
+    int fd;
+    uint64_t fsize;
+    sd_status rc = sd_file_open_read(path, &fd, &fsize);
+    if (rc != SD_OK) return rc;
     unsigned char *buf = NULL;
-    sd_status rc = SD_OK;
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        rc = st_fail(SD_ERR_IO, path, "not a regular file");
-        goto done;
-    }
     /* Check the size before allocating: the file may be anything. */
-    if ((uint64_t)sb.st_size > SD_ST_MAX_FILE) {
-        rc = st_fail(SD_ERR_FORMAT, path, "file size %jd exceeds the %" PRIu64 "-byte limit",
-                     (intmax_t)sb.st_size, SD_ST_MAX_FILE);
+    if (fsize > SD_ST_MAX_FILE) {
+        rc = st_fail(SD_ERR_FORMAT, path, "file size %" PRIu64 " exceeds the %" PRIu64
+                     "-byte limit", fsize, SD_ST_MAX_FILE);
         goto done;
     }
-    size_t len = (size_t)sb.st_size, got = 0;
+    size_t len = (size_t)fsize, got = 0;
     if (!(buf = sd_malloc(len))) {
         rc = SD_ERR_NOMEM;
         goto done;
@@ -542,6 +539,17 @@ const sd_st_tensor *sd_safetensors_find(const sd_safetensors *st, const char *na
     if (!st || !name || st->n == 0) return NULL;
     sd_st_tensor key = {.name = name};
     return bsearch(&key, st->tensors, st->n, sizeof key, cmp_tensor_name);
+}
+
+size_t sd_safetensors_meta_count(const sd_safetensors *st) { return st ? st->n_meta : 0; }
+
+bool sd_safetensors_meta_at(const sd_safetensors *st, size_t i, const char **key,
+                            const char **value)
+{
+    if (!st || i >= st->n_meta) return false;
+    if (key) *key = st->meta[i].key;
+    if (value) *value = st->meta[i].value;
+    return true;
 }
 
 const char *sd_safetensors_meta(const sd_safetensors *st, const char *key)
@@ -700,25 +708,6 @@ static sd_status check_entry(const sd_st_entry *e, const char *path, size_t *num
     return SD_OK;
 }
 
-/* fsync the directory holding path, so that the rename itself is durable. */
-static sd_status sync_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    size_t dlen = !slash ? 1 : slash == path ? 1 : (size_t)(slash - path);
-    char *dir = sd_malloc(dlen + 1);
-    if (!dir) return SD_ERR_NOMEM;
-    memcpy(dir, slash ? path : ".", dlen);
-    dir[dlen] = '\0';
-    sd_status rc = SD_OK;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL && errno != ENOTSUP))
-        rc = st_fail(SD_ERR_IO, path, "written, but syncing directory '%s' failed: %s", dir,
-                     strerror(errno));
-    if (fd >= 0) close(fd);
-    sd_free(dir);
-    return rc;
-}
-
 sd_status sd_safetensors_write(const char *path, const sd_st_entry *entries, size_t n,
                                const char *const *meta_keys, const char *const *meta_values,
                                size_t n_meta)
@@ -728,9 +717,7 @@ sd_status sd_safetensors_write(const char *path, const sd_st_entry *entries, siz
     sd_status rc = SD_OK;
     st_item *items = sd_calloc(n ? n : 1, sizeof *items);
     st_kv *meta = sd_calloc(n_meta ? n_meta : 1, sizeof *meta);
-    char *header = NULL, *tmp = NULL;
-    FILE *f = NULL;
-    int created = 0;
+    char *header = NULL;
     rc = SD_ERR_NOMEM;
     if (!items || !meta) goto done;
 
@@ -777,48 +764,24 @@ sd_status sd_safetensors_write(const char *path, const sd_st_entry *entries, siz
         goto done;
     }
     header = sd_malloc(8 + hlen);
-    tmp = sd_malloc(strlen(path) + 32);
     rc = SD_ERR_NOMEM;
-    if (!header || !tmp) goto done;
+    if (!header) goto done;
     for (int i = 0; i < 8; i++) header[i] = (char)(((uint64_t)hlen >> (8 * i)) & 0xFF);
     o.p = header + 8;
     o.len = 0;
     emit_header(&o, items, n, meta, n_meta);
     memset(header + 8 + o.len, ' ', hlen - o.len);
 
-    /* Write to path.tmp.<pid>, make it durable, then atomically replace path. */
-    snprintf(tmp, strlen(path) + 32, "%s.tmp.%ld", path, (long)getpid());
-    f = fopen(tmp, "wb");
-    if (!f) {
-        rc = st_fail(SD_ERR_IO, path, "cannot create temporary file '%s': %s", tmp, strerror(errno));
-        goto done;
-    }
-    created = 1;
-    int ok = fwrite(header, 1, 8 + hlen, f) == 8 + hlen;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = !items[i].numel ||
-             fwrite(items[i].e->data, sizeof(float), items[i].numel, f) == items[i].numel;
-    if (!ok || fflush(f) != 0 || fsync(fileno(f)) != 0) {
-        rc = st_fail(SD_ERR_IO, path, "writing '%s' failed: %s", tmp, strerror(errno));
-        goto done;
-    }
-    int closed = fclose(f);
-    f = NULL;
-    if (closed != 0) {
-        rc = st_fail(SD_ERR_IO, path, "closing '%s' failed: %s", tmp, strerror(errno));
-        goto done;
-    }
-    if (rename(tmp, path) != 0) {
-        rc = st_fail(SD_ERR_IO, path, "cannot rename '%s' over it: %s", tmp, strerror(errno));
-        goto done;
-    }
-    sd_free(tmp);
-    tmp = NULL; /* renamed: nothing to remove */
-    rc = sync_dir(path);
+    /* sd/file.h: a temporary file, fsync, rename over path, directory fsync;
+     * the tensors stream from the caller's buffers, one write each. */
+    sd_file_writer *w;
+    if ((rc = sd_file_writer_open(path, &w)) != SD_OK) goto done;
+    rc = sd_file_writer_write(w, header, 8 + hlen);
+    for (size_t i = 0; rc == SD_OK && i < n; i++)
+        rc = sd_file_writer_write(w, items[i].e->data, items[i].numel * sizeof(float));
+    if (rc == SD_OK) rc = sd_file_writer_commit(w);
+    else sd_file_writer_abort(w);
 done:
-    if (f) fclose(f);
-    if (created && tmp) remove(tmp); /* failed before the rename */
-    sd_free(tmp);
     sd_free(header);
     sd_free(meta);
     sd_free(items);

@@ -18,6 +18,7 @@
  * bits by stb), colour management.
  */
 #include "sd/data.h"
+#include "sd/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -657,19 +658,17 @@ void sd_image_free(sd_image *img)
     memset(img, 0, sizeof *img);
 }
 
-/* Write all of buf to fd, retrying short writes and EINTR. */
-static int write_all(int fd, const uint8_t *buf, size_t len)
+/* stb's output callback: streams the encoded PNG into the atomic writer and
+ * keeps the first error. */
+typedef struct png_sink {
+    sd_file_writer *w;
+    sd_status st;
+} png_sink;
+
+static void png_to_writer(void *ctx, void *data, int size)
 {
-    while (len > 0) {
-        ssize_t k = write(fd, buf, len);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        buf += k;
-        len -= (size_t)k;
-    }
-    return 0;
+    png_sink *s = ctx;
+    if (s->st == SD_OK && size > 0) s->st = sd_file_writer_write(s->w, data, (size_t)size);
 }
 
 sd_status sd_image_write_png(const char *path, int w, int h, int comp,
@@ -679,47 +678,19 @@ sd_status sd_image_write_png(const char *path, int w, int h, int comp,
         h > SD_IMAGE_MAX_SIDE || !pixels)
         return sd_error(SD_ERR_INVALID, "%s: cannot write a %dx%dx%d image as PNG",
                         path, w, h, comp);
-    int png_len = 0;
-    uint8_t *png = stbi_write_png_to_mem(pixels, w * comp, w, h, comp, &png_len);
-    if (!png || png_len <= 0) {
-        free(png);
-        return sd_error(SD_ERR_NOMEM, "%s: PNG encoding failed", path);
+    /* sd/file.h: a temporary file beside path ("<path>.tmp.<pid>.<n>": no
+     * image extension, so a crash leaves nothing the image loader would pick
+     * up), fsync, rename, directory fsync. */
+    png_sink sink = {NULL, SD_OK};
+    sd_status st = sd_file_writer_open(path, &sink.w);
+    if (st != SD_OK) return st;
+    if (!stbi_write_png_to_func(png_to_writer, &sink, w, h, comp, pixels, w * comp)) {
+        sd_file_writer_abort(sink.w);
+        return sink.st != SD_OK ? sink.st : sd_error(SD_ERR_NOMEM, "%s: PNG encoding failed", path);
     }
-
-    sd_status st = SD_OK;
-    size_t plen = strlen(path);
-    char *tmp = sd_malloc(plen + 16);
-    if (!tmp) {
-        free(png);
-        return SD_ERR_NOMEM;
+    if (sink.st != SD_OK) {
+        sd_file_writer_abort(sink.w);
+        return sink.st;
     }
-    /* Same directory as the target, so that rename() is atomic; the
-     * ".tmpXXXXXX" suffix is no image extension, so a crash leaves nothing
-     * the image loader would pick up. */
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmpXXXXXX", 11);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        st = sd_error(SD_ERR_IO, "%s: cannot create a temporary file: %s", path, strerror(errno));
-        goto done;
-    }
-    if (fchmod(fd, 0644) != 0 || write_all(fd, png, (size_t)png_len) != 0) {
-        st = sd_error(SD_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        goto done;
-    }
-    if (close(fd) != 0) {
-        st = sd_error(SD_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    if (rename(tmp, path) != 0) {
-        st = sd_error(SD_ERR_IO, "%s: rename failed: %s", path, strerror(errno));
-        unlink(tmp);
-    }
-done:
-    sd_free(tmp);
-    free(png); /* stbi_write_png_to_mem allocates with STBIW_MALLOC = malloc */
-    return st;
+    return sd_file_writer_commit(sink.w);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "sd/rng.h"
+#include "sd/file.h"
 
 static const double LOG_2PI = 1.8378770664093453;
 
@@ -347,31 +348,13 @@ done:
 sd_status sd_gmm_load_json(const char *path, sd_gmm **out)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open", path);
+    /* sd/file.h: at most 64 MiB, regular files only (a FIFO never blocks) */
     char *text = NULL;
-    sd_status st = SD_OK;
-    if (fseek(f, 0, SEEK_END) != 0) goto io_fail;
-    long len = ftell(f);
-    if (len < 0 || fseek(f, 0, SEEK_SET) != 0) goto io_fail;
-    if (len > (64L << 20)) {
-        st = sd_error(SD_ERR_FORMAT, "%s: larger than 64 MiB", path);
-        goto done;
-    }
-    text = sd_malloc((size_t)len + 1);
-    if (!text) {
-        st = SD_ERR_NOMEM;
-        goto done;
-    }
-    if (fread(text, 1, (size_t)len, f) != (size_t)len) goto io_fail;
-    text[len] = '\0';
+    size_t len;
+    sd_status st = sd_file_read_all(path, (size_t)64 << 20, &text, &len);
+    if (st != SD_OK) return st;
     st = sd_gmm_parse_json(text, path, out);
-    goto done;
-io_fail:
-    st = sd_error(SD_ERR_IO, "%s: read error", path);
-done:
     sd_free(text);
-    fclose(f);
     return st;
 }
 

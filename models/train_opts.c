@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "sd/file.h"
 #include "sd/sde.h"
 
 #define O sd_train_opts
@@ -167,6 +169,9 @@ sd_status sd_train_opts_check(const sd_train_opts *o)
 
 /* ---- config.json ---------------------------------------------------------- */
 
+/* config.json is a few kB; a larger one is refused, never cut. */
+#define CONFIG_MAX_BYTES ((size_t)1 << 20)
+
 static void set_item(cJSON *j, const char *key, cJSON *item, bool *ok)
 {
     cJSON_DeleteItemFromObjectCaseSensitive(j, key);
@@ -183,16 +188,13 @@ sd_status sd_run_config_write(const char *dir, const sd_train_opts *o, const cha
     /* Keys this function does not own (the first run's NCSNv2 report) survive
      * a rewrite on --resume. */
     cJSON *j = NULL;
-    FILE *f = fopen(path, "rb");
-    if (f) {
-        char *buf = sd_malloc(1 << 20);
-        size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-        if (buf) {
-            buf[n] = '\0';
-            j = cJSON_Parse(buf);
-        }
+    char *buf;
+    size_t n;
+    if (sd_file_read_all(path, CONFIG_MAX_BYTES, &buf, &n) == SD_OK) {
+        j = cJSON_Parse(buf);
         sd_free(buf);
-        fclose(f);
+    } else if (access(path, F_OK) == 0) {
+        return SD_ERR_IO; /* there but unreadable (too large, a FIFO): keep it */
     }
     if (!j) j = cJSON_CreateObject();
     if (!j) return sd_error(SD_ERR_NOMEM, "config.json: out of memory");
@@ -221,7 +223,7 @@ sd_status sd_run_config_write(const char *dir, const sd_train_opts *o, const cha
     char *text = ok ? cJSON_Print(j) : NULL;
     cJSON_Delete(j);
     if (!text) return sd_error(SD_ERR_NOMEM, "%s: cannot format the settings", path);
-    sd_status st = sd_train_write_atomic(path, text, strlen(text));
+    sd_status st = sd_file_write_atomic(path, text, strlen(text));
     cJSON_free(text);
     return st;
 }
@@ -230,14 +232,13 @@ sd_status sd_run_config_read(const char *dir, sd_train_opts *o)
 {
     char path[SD_TRAIN_PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open: %s (is %s a run directory?)", path,
-                            strerror(errno), dir);
-    char *buf = sd_malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-    fclose(f);
-    if (!buf) return SD_ERR_NOMEM;
-    buf[n] = '\0';
+    char *buf;
+    size_t n;
+    sd_status rs = sd_file_read_all(path, CONFIG_MAX_BYTES, &buf, &n);
+    if (rs == SD_ERR_IO && access(path, F_OK) != 0)
+        return sd_error(SD_ERR_IO, "%s: cannot open: %s (is %s a run directory?)", path,
+                        strerror(ENOENT), dir);
+    if (rs != SD_OK) return rs;
     cJSON *j = cJSON_Parse(buf);
     sd_free(buf);
     if (!j) return sd_error(SD_ERR_FORMAT, "%s: not valid JSON", path);

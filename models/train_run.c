@@ -25,53 +25,29 @@
 #include <cjson/cJSON.h>
 
 #include "checkpoint.h"
+#include "sd/file.h"
 #include "sd/membudget.h"
 #include "sd/safetensors.h"
 
 /* ---- run directory ------------------------------------------------------- */
 
-static sd_status fsync_dir(const char *path)
+/* Temporary files left by a killed run (sd/file.h names them
+ * "<file>.tmp.<pid>.<n>"; older versions wrote "<file>.tmp.<pid>" and
+ * "<file>.tmp") are garbage once we hold the lock. */
+static bool is_stale_temp(const char *name)
 {
-    char dir[P];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = '\0';
-    else snprintf(dir, sizeof dir, ".");
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return sd_error(SD_ERR_IO, "%s: cannot open directory: %s", dir, strerror(errno));
-    int rc = fsync(fd);
-    close(fd);
-    /* Some file systems refuse fsync on directories; the rename still holds. */
-    (void)rc;
-    return SD_OK;
+    static const char *const files[] = {"checkpoint.safetensors", "metrics.csv", "config.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        size_t n = strlen(files[i]);
+        if (strncmp(name, files[i], n) != 0 || strncmp(name + n, ".tmp", 4) != 0) continue;
+        const char *c = name + n + 4;
+        if (*c && *c != '.') continue;
+        while (*c && (*c == '.' || (*c >= '0' && *c <= '9'))) c++;
+        if (!*c) return true;
+    }
+    return false;
 }
 
-sd_status sd_train_write_atomic(const char *path, const char *text, size_t len)
-{
-    char tmp[P + 8];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return sd_error(SD_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
-    int err = off < len ? errno : 0;
-    if (!err && fsync(fd) != 0) err = errno;
-    if (close(fd) != 0 && !err) err = errno;
-    if (!err && rename(tmp, path) != 0) err = errno;
-    if (err) {
-        unlink(tmp);
-        return sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(err ? err : EIO));
-    }
-    return fsync_dir(path);
-}
-
-/* Temporary files left by a killed run (checkpoint.safetensors.tmp.<pid>,
- * *.tmp) are garbage once we hold the lock. */
 static void remove_stale_temps(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -79,10 +55,7 @@ static void remove_stale_temps(const char *dir)
     struct dirent *e;
     char path[P];
     while ((e = readdir(d)))
-        if ((strncmp(e->d_name, "checkpoint.safetensors.tmp", 26) == 0 ||
-             strcmp(e->d_name, "metrics.csv.tmp") == 0 || strcmp(e->d_name, "config.json.tmp") == 0) &&
-            join(path, dir, e->d_name))
-            unlink(path);
+        if (is_stale_temp(e->d_name) && join(path, dir, e->d_name)) unlink(path);
     closedir(d);
 }
 
@@ -181,7 +154,9 @@ static int open_metrics(run *R, int64_t step0, double *running, double *elapsed,
     if (!keep) return fail(R, 1, "%s", sd_error_message());
     memcpy(keep, METRICS_HEADER, sizeof METRICS_HEADER - 1);
     len = sizeof METRICS_HEADER - 1;
-    FILE *f = step0 > 0 ? fopen(R->metrics_path, "r") : NULL;
+    /* A missing or unreadable log restarts from its header, as before. */
+    FILE *f = NULL;
+    if (step0 > 0 && sd_file_fopen_read(R->metrics_path, &f) != SD_OK) f = NULL;
     char line[512];
     bool first = true;
     while (f && fgets(line, sizeof line, f)) {
@@ -215,7 +190,7 @@ static int open_metrics(run *R, int64_t step0, double *running, double *elapsed,
         }
     }
     if (f) fclose(f);
-    sd_status st = sd_train_write_atomic(R->metrics_path, keep, len);
+    sd_status st = sd_file_write_atomic(R->metrics_path, keep, len);
     sd_free(keep);
     if (st != SD_OK) return fail(R, 1, "%s", sd_error_message());
     R->metrics = fopen(R->metrics_path, "a");

@@ -185,10 +185,6 @@ sd_status sd_train_resume(sd_train_opts *o, const sd_train_hooks *hooks);
  * SD_ERR_INVALID naming the option otherwise. */
 sd_status sd_train_opts_check(const sd_train_opts *o);
 
-/* Write len bytes of text to path atomically: path.tmp, fsync, rename, fsync
- * of the directory; on failure the file at path is untouched. */
-sd_status sd_train_write_atomic(const char *path, const char *text, size_t len);
-
 /* config.json: write every option of the table that has a key, atomically,
  * plus `extra_json` (an object's members without braces, or NULL), keeping
  * keys of an existing file that o does not set (the first run's "ncsnv2"

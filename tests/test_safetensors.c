@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sd/file.h"
 #include "sd/safetensors.h"
 
 /* ---- helpers ---- */
@@ -588,6 +589,13 @@ START_TEST(test_write_errors)
 }
 END_TEST
 
+static int fail_at(void *ctx, sd_file_stage stage, const char *path, uint64_t bytes)
+{
+    (void)path;
+    (void)bytes;
+    return (int)stage == *(const int *)ctx;
+}
+
 START_TEST(test_crash_safety)
 {
     make_tmpdir();
@@ -650,6 +658,16 @@ START_TEST(test_crash_safety)
                       "2: could not drop privileges)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     }
     ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+
+    /* 5. fsync, close or rename reports an error (sd/file.h's fault hook, as
+     * a full disk or an NFS server would at those points). */
+    for (int stage = SD_FILE_STAGE_WRITTEN; stage <= SD_FILE_STAGE_SYNCED; stage++) {
+        sd_file_set_fault_hook(fail_at, &stage, 0);
+        rc = sd_safetensors_write(path, e2, 1, NULL, NULL, 0);
+        sd_file_set_fault_hook(NULL, NULL, 0);
+        ck_assert_int_eq(rc, SD_ERR_IO);
+        ck_assert_ptr_nonnull(strstr(sd_error_message(), path));
+    }
 
     /* The previous checkpoint is intact, byte for byte, and still loads. */
     ck_assert_int_eq(count_temp_files(tmpdir), 0);

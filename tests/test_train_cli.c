@@ -14,6 +14,7 @@
  */
 #define _XOPEN_SOURCE 700
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -34,6 +35,7 @@
 #include "cli.h"
 #include "image_grid.h"
 #include "sd/data.h"
+#include "sd/file.h"
 #include "sd/rng.h"
 #include "sd/safetensors.h"
 #include "ncsnv2.h"
@@ -345,24 +347,37 @@ static int count_lines(const char *path)
 }
 
 /* Start `scorediff train ...` and send `sig` once metrics.csv has `rows`
- * rows; returns the exit status. */
+ * rows; returns the exit status. There is no wall-clock bound on the wait (a
+ * slow sanitizer build on a busy machine takes what it takes; meson's timeout
+ * bounds a real hang), but a child that exits before the rows exist fails the
+ * test at once, with its stderr. */
 static int run_and_signal(char *const argv[], const char *metrics, int rows, int sig)
 {
+    char err_path[600];
+    snprintf(err_path, sizeof err_path, "%s", at("signal_stderr.txt"));
+    fflush(NULL);
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        int fd = open("/dev/null", O_WRONLY);
+        int fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fd, 2);
         execv(argv[0], argv);
         _exit(127);
     }
-    for (int i = 0; i < 6000 && count_lines(metrics) < rows + 1; i++) {
-        struct timespec ts = {0, 5000000};
+    int status;
+    while (count_lines(metrics) < rows + 1) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        ck_assert_int_ge(w, 0);
+        if (w == pid) {
+            char *err = read_all(err_path, NULL);
+            ck_abort_msg("train exited (status 0x%x) before %s had %d rows: %s", status, metrics,
+                         rows, err ? err : "");
+        }
+        struct timespec ts = {0, 5000000}; /* a polling interval, not a bound */
         nanosleep(&ts, NULL);
     }
     kill(pid, sig);
-    int status;
-    waitpid(pid, &status, 0);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
 }
 
@@ -454,77 +469,146 @@ static void fill_all(sd_model *m, sd_trainer *t, float v)
         for (size_t i = 0; i < n; i++) bufs[b][i] = v;
 }
 
-/* A child writes 24 MB checkpoints (unet-28 with EMA and moments) in a loop,
- * each with every value equal to its step; it is SIGKILLed after delays
- * spread over two write times. The file at the path must always load, and
- * hold one complete version: every value equal to the step in its metadata. */
+/* Deterministic crash points (sd/file.h's fault hook): the child stops itself
+ * with SIGSTOP at an exact stage and byte count of a checkpoint write, the
+ * parent sees it stopped and SIGKILLs it there. No timing is involved. */
+typedef struct stop_at {
+    sd_file_stage stage;
+    uint64_t bytes; /* SD_FILE_STAGE_CHUNK: the first piece reaching this count */
+    int report;     /* pipe: the byte count where the child stopped */
+} stop_at;
+
+static int stop_hook(void *ctx, sd_file_stage stage, const char *path, uint64_t bytes)
+{
+    const stop_at *s = ctx;
+    (void)path;
+    if (stage == s->stage && (stage != SD_FILE_STAGE_CHUNK || bytes >= s->bytes)) {
+        if (write(s->report, &bytes, sizeof bytes) != (ssize_t)sizeof bytes) _exit(4);
+        raise(SIGSTOP);
+        _exit(5); /* never reached: the parent kills a stopped child */
+    }
+    return 0;
+}
+
+/* Entries of dir with ".tmp." in their name (the writer's temporary files);
+ * removed after counting, as a restarted run would. */
+static int take_temps(const char *dir)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    struct dirent *e;
+    char p[1024];
+    while ((e = readdir(d)))
+        if (strstr(e->d_name, ".tmp.")) {
+            n++;
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    return n;
+}
+
+/* A child writes a checkpoint of a small mlp (model, EMA, Adam moments) with
+ * every value equal to the new step and is killed at one stage: inside the
+ * 8-byte length, inside the JSON header, inside the first and the last
+ * tensor, after the last byte, after fsync+close before the rename, after the
+ * rename before the directory fsync. The file at the path must load and hold
+ * exactly one complete version, the old one before the rename and the new one
+ * after it, and a temporary file must be left exactly when the kill came
+ * before the rename. */
 START_TEST(test_checkpoint_crash)
 {
     make_tmpdir();
     sd_sde sde;
     sd_sde_parse("ve", &sde);
     sd_model *m;
-    ck_assert_int_eq(sd_model_new_network("unet-28", NULL, 1, 28, 28, &sde, &m), SD_OK);
+    ck_assert_int_eq(sd_model_new_network("mlp", NULL, 2, 1, 1, &sde, &m), SD_OK);
     sd_train_config tc = sd_train_config_default(&sde, 10, 0);
     sd_trainer *t;
     ck_assert_int_eq(sd_trainer_new(m, &tc, &t), SD_OK);
     const char *path = at("ckpt.safetensors");
     sd_ckpt_meta meta = {.step = 1};
     fill_all(m, t, 1.0f);
-    double t0 = cli_now();
     ck_assert_int_eq(sd_checkpoint_save(path, m, t, &meta), SD_OK);
-    double write_s = cli_now() - t0;
-    /* at least MIN_KILLS, and on until two kills landed inside a write (a
-     * kill during the directory fsync after the rename, or between writes,
-     * leaves no temp file) */
-    enum { MIN_KILLS = 8, MAX_KILLS = 40, SPREAD = 12 };
-    int bad = 0, torn_writes = 0;
-    int64_t last = 1;
-    float *check = malloc(m->params->total * sizeof(float));
-    int k;
-    for (k = 0; k < MAX_KILLS && (k < MIN_KILLS || torn_writes < 2); k++) {
+    /* the layout of every version (steps 1..9 keep the header's length) */
+    size_t total;
+    unsigned char *file = (unsigned char *)read_all(path, &total);
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; i++) hlen |= (uint64_t)file[i] << (8 * i);
+    free(file);
+    const uint64_t data0 = 8 + hlen;
+    ck_assert_uint_lt(data0 + 200, total);
+    const struct {
+        sd_file_stage stage;
+        uint64_t bytes, lo, hi; /* stop at `bytes`; it must land in [lo, hi) */
+    } cases[] = {
+        {SD_FILE_STAGE_CHUNK, 4, 4, 8},                       /* the length prefix */
+        {SD_FILE_STAGE_CHUNK, 8 + hlen / 2, 9, data0},        /* the JSON header */
+        {SD_FILE_STAGE_CHUNK, data0 + 100, data0 + 1, total}, /* the first tensor */
+        {SD_FILE_STAGE_CHUNK, total - 40, data0 + 1, total},  /* the last tensor */
+        {SD_FILE_STAGE_WRITTEN, 0, total, total + 1},
+        {SD_FILE_STAGE_SYNCED, 0, total, total + 1},
+        {SD_FILE_STAGE_RENAMED, 0, total, total + 1},
+        {SD_FILE_STAGE_CHUNK, data0 + 100, data0 + 1, total}, /* and again after it */
+        {SD_FILE_STAGE_SYNCED, 0, total, total + 1},
+    };
+    enum { CHUNK = 4 }; /* pieces of 4 bytes: a stop lands within 4 of its aim */
+    int64_t current = 1;
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const int64_t next = current + 1;
+        int fds[2];
+        ck_assert_int_eq(pipe(fds), 0);
+        fflush(NULL);
         pid_t pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
-            for (int64_t s = 1000 * (k + 1);; s++) {
-                fill_all(m, t, (float)s);
-                meta.step = s;
-                if (sd_checkpoint_save(path, m, t, &meta) != SD_OK) _exit(3);
-            }
+            close(fds[0]);
+            stop_at s = {cases[k].stage, cases[k].bytes, fds[1]};
+            fill_all(m, t, (float)next);
+            meta.step = next;
+            sd_file_set_fault_hook(stop_hook, &s, CHUNK);
+            sd_checkpoint_save(path, m, t, &meta);
+            _exit(3); /* the stage was never reached */
         }
-        double delay = 2.0 * write_s * (k % SPREAD + 1) / SPREAD;
-        struct timespec ts = {(time_t)delay, (long)((delay - floor(delay)) * 1e9)};
-        nanosleep(&ts, NULL);
-        kill(pid, SIGKILL);
+        close(fds[1]);
         int status;
-        waitpid(pid, &status, 0);
-        /* a temp file left behind means the kill landed inside a write */
-        char tmp[600];
-        snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)pid);
-        if (access(tmp, F_OK) == 0) {
-            torn_writes++;
-            unlink(tmp);
-        }
+        ck_assert_int_eq(waitpid(pid, &status, WUNTRACED), pid);
+        ck_assert_msg(WIFSTOPPED(status), "case %zu (%s): the child did not stop (status 0x%x)", k,
+                      sd_file_stage_name(cases[k].stage), status);
+        uint64_t at_bytes = 0;
+        ck_assert_int_eq(read(fds[0], &at_bytes, sizeof at_bytes), (ssize_t)sizeof at_bytes);
+        close(fds[0]);
+        ck_assert_msg(at_bytes >= cases[k].lo && at_bytes < cases[k].hi,
+                      "case %zu: stopped at byte %llu, not in [%llu, %llu)", k,
+                      (unsigned long long)at_bytes, (unsigned long long)cases[k].lo,
+                      (unsigned long long)cases[k].hi);
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+
+        const bool renamed = cases[k].stage == SD_FILE_STAGE_RENAMED;
+        ck_assert_int_eq(take_temps(tmpdir), (renamed ? 0 : 1));
+        if (renamed) current = next;
         sd_model *loaded;
         sd_ckpt_meta got;
-        if (sd_checkpoint_load_model(path, false, &loaded, &got) != SD_OK) {
-            fprintf(stderr, "kill %d: %s\n", k, sd_error_message());
-            bad++;
-            continue;
-        }
+        ck_assert_msg(sd_checkpoint_load_model(path, false, &loaded, &got) == SD_OK,
+                      "case %zu: %s", k, sd_error_message());
+        ck_assert_int_eq(got.step, current);
         size_t wrong = 0;
         for (size_t i = 0; i < loaded->params->total; i++)
-            wrong += loaded->params->data[i] != (float)got.step;
-        bool step_ok = got.step == last || got.step >= 1000 * (k + 1);
-        bad += wrong != 0 || !step_ok;
-        last = got.step;
+            wrong += loaded->params->data[i] != (float)current;
+        ck_assert_uint_eq(wrong, 0);
         sd_model_free(loaded);
+        /* the full training state too: model, EMA and both moments */
+        ck_assert_int_eq(sd_checkpoint_load_trainer(path, m, t, &got), SD_OK);
+        float *bufs[4] = {m->params->data, t->ema, sd_optimizer_state(t->opt, 0),
+                          sd_optimizer_state(t->opt, 1)};
+        for (int b = 0; b < 4; b++)
+            for (size_t i = 0; i < m->params->total; i++) wrong += bufs[b][i] != (float)current;
+        ck_assert_uint_eq(wrong, 0);
     }
-    free(check);
-    fprintf(stderr, "  checkpoint crash: %d kills, %d inside a write (write %.3f s), %d bad\n",
-            k, torn_writes, write_s, bad);
-    ck_assert_int_eq(bad, 0);
-    ck_assert_int_gt(torn_writes, 0);
+    ck_assert_int_eq(current, 2); /* one rename reached, as planned */
     sd_trainer_free(t);
     sd_model_free(m);
     remove_tmpdir();
@@ -599,6 +683,142 @@ START_TEST(test_bad_input)
     ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", at("run"), "--batch", "8",
                              "--sde", "ve", "--lr", "2e-4", "--quiet", NULL), 0);
     ck_assert_msg(strstr(cap_err, "nothing to do"), "%s", cap_err);
+    remove_tmpdir();
+}
+END_TEST
+
+/* ---- inputs that are FIFOs --------------------------------------------------- */
+
+/* `$SCOREDIFF_BIN args...` (NULL-terminated) with stderr captured into
+ * cap_err; returns the exit code. */
+static int run_bin(const char *first, ...)
+{
+    const char *argv[32] = {scorediff_bin(), first};
+    int argc = 2;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *a; (a = va_arg(ap, const char *)) && argc < 31;) argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    char err_path[600];
+    snprintf(err_path, sizeof err_path, "%s", at("bin_stderr.txt"));
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(fd, 2);
+        dup2(null, 1);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    char *e = read_all(err_path, NULL);
+    snprintf(cap_err, sizeof cap_err, "%s", e ? e : "");
+    free(e);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
+}
+
+/* A FIFO named as an input (with no writer: opening it for reading would
+ * wait forever) is refused at once with "not a regular file", exit code 2:
+ * CSV data, a run's config.json, an IDX file, the image and the mixture
+ * given to `sample`, a dense covariance; inside an image folder it is not a
+ * candidate. A hang here is bounded by the suite's meson timeout. */
+START_TEST(test_fifo_inputs)
+{
+    make_tmpdir();
+    const char *bin = scorediff_bin();
+    ck_assert_msg(access(bin, X_OK) == 0, "%s is not executable", bin);
+    ck_assert_int_eq(mkfifo(at("pipe.csv"), 0644), 0);
+    expect_fail("pipe.csv: not a regular file", 2, "--data", at("pipe.csv"), "--dry-run", NULL,
+                NULL, NULL);
+    write_points(at("pts.csv"), 50, 1.0);
+    char dense[600];
+    snprintf(dense, sizeof dense, "dense:C=%s", at("pipe.csv"));
+    expect_fail("pipe.csv: not a regular file", 2, "--data", at("pts.csv"), "--sde", dense,
+                "--dry-run", NULL);
+
+    write_pngs(at("imgs"), 3, 8, 8);
+    ck_assert_int_eq(mkfifo(at("imgs/zz.png"), 0644), 0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("imgs"), "--dry-run", NULL), 0);
+    ck_assert_msg(strstr(cap_out, "3 images"), "%s", cap_out);
+
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+                             "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL),
+                     0);
+    ck_assert_int_eq(unlink(at("r/config.json")), 0);
+    ck_assert_int_eq(mkfifo(at("r/config.json"), 0644), 0);
+    expect_fail("config.json: not a regular file", 2, "--resume", at("r"), NULL, NULL, NULL, NULL);
+
+    ck_assert_int_eq(mkfifo(at("pipe.idx"), 0644), 0);
+    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", at("pipe.idx"), at("o"), NULL), 2);
+    ck_assert_msg(strstr(cap_err, "pipe.idx: not a regular file"), "%s", cap_err);
+
+    ck_assert_int_eq(run_bin("sample", "--gmm", at("pipe.csv"), "--sde", "ve", "--sampler", "ode",
+                             "--n", "1", "--out", at("g.csv"), "--quiet", NULL),
+                     2);
+    ck_assert_msg(strstr(cap_err, "pipe.csv: not a regular file"), "%s", cap_err);
+
+    /* an image model of one step, then --image naming a FIFO */
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("imgs"), "--out", at("ir"),
+                             "--model", "unet", "--ch", "8", "--mult", "1,2", "--num-res-blocks",
+                             "1", "--steps", "1", "--batch", "2", "--threads", "1", "--sde", "ve",
+                             "--quiet", NULL),
+                     0);
+    ck_assert_int_eq(run_bin("sample", "--ckpt", at("ir"), "--sampler", "pc", "--steps", "2",
+                             "--n", "1", "--out", at("s.png"), "--image", at("imgs/zz.png"),
+                             "--mask", at("imgs/img000.png"), "--quiet", NULL),
+                     2);
+    ck_assert_msg(strstr(cap_err, "zz.png: not a regular file"), "%s", cap_err);
+    ck_assert(access(at("s.png"), F_OK) != 0);
+    remove_tmpdir();
+}
+END_TEST
+
+/* Temporary files of a killed run (sd/file.h: "<file>.tmp.<pid>.<n>", and
+ * the older "<file>.tmp.<pid>" / "<file>.tmp") are removed when the run is
+ * resumed under its lock; other files are left alone. */
+START_TEST(test_stale_temps)
+{
+    make_tmpdir();
+    write_points(at("pts.csv"), 50, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+                             "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL),
+                     0);
+    static const char *const stale[] = {"r/checkpoint.safetensors.tmp.123.0",
+                                        "r/config.json.tmp.123.1", "r/metrics.csv.tmp.77.2",
+                                        "r/checkpoint.safetensors.tmp.99", "r/config.json.tmp"};
+    static const char *const kept[] = {"r/notes.tmp.1", "r/config.json.tmp.bak",
+                                       "r/config.json.tmpx"};
+    for (size_t i = 0; i < 5; i++) write_text(at(stale[i]), "torn");
+    for (size_t i = 0; i < 3; i++) write_text(at(kept[i]), "mine");
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", at("r"), "--steps", "3",
+                             "--quiet", NULL), 0);
+    for (size_t i = 0; i < 5; i++) ck_assert_msg(access(at(stale[i]), F_OK) != 0, "%s", stale[i]);
+    for (size_t i = 0; i < 3; i++) ck_assert_msg(access(at(kept[i]), F_OK) == 0, "%s", kept[i]);
+    ck_assert_int_eq(ckpt_step(at("r")), 3);
+    remove_tmpdir();
+}
+END_TEST
+
+/* A config.json over the 1 MiB cap is refused with both sizes; it used to
+ * be cut at 1 MiB silently (a padded file then parsed as its first part). */
+START_TEST(test_config_cap)
+{
+    make_tmpdir();
+    write_points(at("pts.csv"), 50, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+                             "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL),
+                     0);
+    FILE *f = fopen(at("r/config.json"), "a");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < (1 << 20); i += 64) fprintf(f, "%63s\n", "");
+    fclose(f);
+    expect_fail("config.json: file of ", 2, "--resume", at("r"), "--steps", "3", NULL, NULL);
+    ck_assert_msg(strstr(cap_err, "exceeds the 1048576-byte limit"), "%s", cap_err);
+    ck_assert_int_eq(ckpt_step(at("r")), 2);
     remove_tmpdir();
 }
 END_TEST
@@ -796,6 +1016,9 @@ static Suite *train_cli_suite(void)
     tcase_add_test(tc, test_nan_keeps_checkpoint);
     tcase_add_test(tc, test_resume_signals);
     tcase_add_test(tc, test_checkpoint_crash);
+    tcase_add_test(tc, test_fifo_inputs);
+    tcase_add_test(tc, test_stale_temps);
+    tcase_add_test(tc, test_config_cap);
     suite_add_tcase(s, tc);
     return s;
 }

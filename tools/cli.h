@@ -24,6 +24,7 @@ int sd_cmd_sample(int argc, char **argv);
 int sd_cmd_loglik(int argc, char **argv);
 int sd_cmd_convert_idx(int argc, char **argv);
 int sd_cmd_info(int argc, char **argv);
+int sd_cmd_report(int argc, char **argv);
 
 /* cmd_train.c: argv (argv[0] = "train") into o through the training run's
  * option table, with defaults; returns 0 or an exit code (2) after printing

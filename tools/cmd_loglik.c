@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "likelihood.h"
 #include "sd/data.h"
+#include "sd/file.h"
 #include "sd/rng.h"
 
 #define CMD "loglik"
@@ -227,6 +228,7 @@ int sd_cmd_loglik(int argc, char **argv)
     float *y = NULL;
     double *lp = NULL, *se = NULL, *acc = NULL, *acc_se = NULL;
     FILE *out = stdout;
+    sd_file_writer *outw = NULL; /* --out: renamed into place when complete */
     sd_lik_xform xf;
     sd_status st = load_model(&o, &m, &xf);
     if (st != SD_OK) return cli_fail(CMD, cli_exit_code(st), "%s", sd_error_message());
@@ -299,9 +301,10 @@ int sd_cmd_loglik(int argc, char **argv)
         rc = cli_fail(CMD, 1, "out of memory");
         goto done;
     }
-    if (o.out && !(out = fopen(o.out, "w"))) {
+    if (o.out && (sd_file_writer_open(o.out, &outw) != SD_OK ||
+                  !(out = sd_file_writer_stream(outw)))) {
         out = stdout;
-        rc = cli_fail(CMD, 2, "%s: cannot open for writing", o.out);
+        rc = cli_fail(CMD, 2, "%s", sd_error_message());
         goto done;
     }
     const char *c = o.out ? "" : "# ";
@@ -371,12 +374,15 @@ int sd_cmd_loglik(int argc, char **argv)
     }
     double secs = cli_now() - t0;
     if (!o.quiet) cli_progress_end(&pr, (int64_t)n, NULL);
-    if (o.out && fclose(out) != 0) {
-        out = stdout;
-        rc = cli_fail(CMD, 1, "%s: write error", o.out);
-        goto done;
-    }
     out = stdout;
+    if (outw) {
+        sd_status cst = sd_file_writer_commit(outw);
+        outw = NULL;
+        if (cst != SD_OK) {
+            rc = cli_fail(CMD, 1, "%s", sd_error_message());
+            goto done;
+        }
+    }
     double se_lp = sd_lik_stats_se(&s_lp);
     printf("%smethod:    %s, eps %g\n", c, desc, rcfg->eps);
     printf("%sitems:     %zu (dimension %zu%s)\n", c, n, D,
@@ -390,7 +396,7 @@ int sd_cmd_loglik(int argc, char **argv)
     printf("%stime:      %.2f s (%.3f s per item)\n", c, secs, n ? secs / (double)n : 0.0);
     rc = 0;
 done:
-    if (out != stdout) fclose(out);
+    sd_file_writer_abort(outw); /* a failed run leaves no partial --out */
     sd_free(y);
     sd_free(lp);
     sd_free(se);

@@ -19,6 +19,7 @@
 #include "image_grid.h"
 #include "sampler.h"
 #include "sd/data.h"
+#include "sd/file.h"
 
 #define CMD "sample"
 
@@ -223,23 +224,13 @@ static void to_display(const char *transform, float *x, size_t count)
 
 static sd_status read_image(const char *path, int channels, int size, uint8_t *out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open", path);
-    uint8_t *buf = NULL;
-    sd_status st = SD_OK;
-    long len = -1;
-    if (fseek(f, 0, SEEK_END) == 0) len = ftell(f);
-    if (len < 0 || fseek(f, 0, SEEK_SET) != 0) st = sd_error(SD_ERR_IO, "%s: cannot read", path);
-    else if ((size_t)len > SD_IMAGE_MAX_FILE_BYTES)
-        st = sd_error(SD_ERR_FORMAT, "%s: file too large", path);
-    else if (!(buf = sd_malloc((size_t)len)))
-        st = SD_ERR_NOMEM;
-    else if (fread(buf, 1, (size_t)len, f) != (size_t)len)
-        st = sd_error(SD_ERR_IO, "%s: read error", path);
-    fclose(f);
+    /* sd/file.h: a FIFO or directory is refused at once, a size cap */
+    char *buf = NULL;
+    size_t len = 0;
+    sd_status st = sd_file_read_all(path, SD_IMAGE_MAX_FILE_BYTES, &buf, &len);
     if (st == SD_OK) {
         sd_image img;
-        if ((st = sd_image_decode(buf, (size_t)len, &img)) != SD_OK) {
+        if ((st = sd_image_decode((const uint8_t *)buf, len, &img)) != SD_OK) {
             st = sd_error(st, "%s: %s", path, sd_error_message());
         } else {
             st = sd_image_prepare(&img, channels, size, out);
@@ -335,12 +326,18 @@ static sd_status on_progress(void *vctx, const sd_sample_progress *p)
 
 static sd_status write_csv(const char *path, const float *x, size_t n, size_t D)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open for writing", path);
+    /* sd/file.h: written beside path and renamed over it when complete */
+    sd_file_writer *w;
+    sd_status st = sd_file_writer_open(path, &w);
+    if (st != SD_OK) return st;
+    FILE *f = sd_file_writer_stream(w);
+    if (!f) {
+        sd_file_writer_abort(w);
+        return SD_ERR_IO;
+    }
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < D; j++) fprintf(f, "%.9g%c", x[i * D + j], j + 1 < D ? ',' : '\n');
-    if (fclose(f) != 0) return sd_error(SD_ERR_IO, "%s: write error", path);
-    return SD_OK;
+    return sd_file_writer_commit(w);
 }
 
 static sd_status write_outputs(const opts *o, const sd_model *m, const char *transform, float *x,
@@ -369,8 +366,14 @@ static sd_status write_trajectory(const char *path, const sd_model *m, const cha
 {
     size_t D = m->D, cnt = (size_t)c->R * c->taken;
     if (m->H == 1 && m->W == 1) {
-        FILE *f = fopen(path, "w");
-        if (!f) return sd_error(SD_ERR_IO, "%s: cannot open for writing", path);
+        sd_file_writer *w; /* sd/file.h: renamed into place when complete */
+        sd_status st = sd_file_writer_open(path, &w);
+        if (st != SD_OK) return st;
+        FILE *f = sd_file_writer_stream(w);
+        if (!f) {
+            sd_file_writer_abort(w);
+            return SD_ERR_IO;
+        }
         fprintf(f, "snapshot,t,sample");
         for (size_t j = 0; j < D; j++) fprintf(f, ",x%zu", j + 1);
         fputc('\n', f);
@@ -381,8 +384,7 @@ static sd_status write_trajectory(const char *path, const sd_model *m, const cha
                 for (size_t j = 0; j < D; j++) fprintf(f, ",%.9g", x[j]);
                 fputc('\n', f);
             }
-        if (fclose(f) != 0) return sd_error(SD_ERR_IO, "%s: write error", path);
-        return SD_OK;
+        return sd_file_writer_commit(w);
     }
     to_display(transform, c->snap, (size_t)c->R * c->K * D);
     /* rows = samples, columns = snapshots (a short final batch may have fewer) */

@@ -7,8 +7,16 @@ packages=(
   libopenblas-dev libfftw3-dev libstb-dev libcjson-dev liblapacke-dev zlib1g-dev
   check
 )
-# Extra packages for the quick-start demo (Fashion-MNIST) when asked.
-if [ "${1:-}" = "--with-data" ]; then packages+=(dataset-fashion-mnist); fi
+# Extra packages when asked: --with-data for the quick-start demo
+# (Fashion-MNIST), --with-browser for tests/test_report.c, which renders
+# report.html in headless Chromium (and skips, exit 77, without it).
+for flag in "$@"; do
+  case "$flag" in
+    --with-data) packages+=(dataset-fashion-mnist) ;;
+    --with-browser) packages+=(chromium) ;;
+    *) echo "install-deps.sh: unknown option $flag (--with-data, --with-browser)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,7 @@ static const command commands[] = {
     {"loglik", sd_cmd_loglik, "estimate log-likelihoods / bits per dimension"},
     {"convert-idx", sd_cmd_convert_idx, "write (Fashion-)MNIST IDX files as a PNG folder"},
     {"info", sd_cmd_info, "describe a checkpoint"},
+    {"report", sd_cmd_report, "write RUN_DIR/report.html: curves, sample grids, likelihoods"},
 };
 
 static void usage(FILE *f)

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # --with-data: tests/test_data.c reads Fashion-MNIST and reports SKIP (exit 77)
-# without it; CI must run every suite.
-bash tools/install-deps.sh --with-data
+# without it; --with-browser: tests/test_report.c renders the report page in
+# headless Chromium, SKIP without it. CI must run every suite.
+bash tools/install-deps.sh --with-data --with-browser
 
 jobs=$(nproc)
 run_suite() {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sd/file.h"
 #include "sd/rng.h"
 #include "sd/sde_family.h"
 #include "sd/tensor.h"
@@ -109,28 +110,19 @@ done:
 
 static sd_status cov_from_file(const char *path, sd_sde *s)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return sd_error(SD_ERR_IO, "sde dense: %s: cannot open: %s", path, strerror(errno));
+    /* sd/file.h: at most 1 MiB, regular files only (a FIFO never blocks) */
     char *text = NULL;
-    sd_status st = SD_OK;
-    long len = -1;
-    if (fseek(f, 0, SEEK_END) == 0) len = ftell(f);
-    if (len < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        st = sd_error(SD_ERR_IO, "sde dense: %s: cannot read", path);
-    } else if (len > (1L << 20)) {
-        st = sd_error(SD_ERR_FORMAT, "sde dense: %s: larger than 1 MiB", path);
-    } else if (!(text = sd_malloc((size_t)len + 1))) {
-        st = SD_ERR_NOMEM;
-    } else if (fread(text, 1, (size_t)len, f) != (size_t)len) {
-        st = sd_error(SD_ERR_IO, "sde dense: %s: read error", path);
-    } else {
-        text[len] = '\0';
-        char what[SD_SDE_PATH_MAX + 16];
-        snprintf(what, sizeof what, "sde dense: %s", path);
-        st = cov_from_json(text, what, s);
+    size_t len;
+    sd_status st = sd_file_read_all(path, (size_t)1 << 20, &text, &len);
+    if (st != SD_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", sd_error_message());
+        return sd_error(st, "sde dense: %s", why);
     }
+    char what[SD_SDE_PATH_MAX + 16];
+    snprintf(what, sizeof what, "sde dense: %s", path);
+    st = cov_from_json(text, what, s);
     sd_free(text);
-    fclose(f);
     return st;
 }
 

@@ -115,7 +115,8 @@ sd_status sd_image_probe(const uint8_t *buf, size_t len, int *w, int *h, int *co
 void sd_image_free(sd_image *img);
 
 /* Encode pixels [h, w, comp] (comp 1..4) as PNG and write it to `path`
- * atomically: a temporary file in the same directory, then rename(). */
+ * atomically through sd/file.h (a temporary file in the same directory,
+ * fsync, rename(), fsync of the directory). */
 sd_status sd_image_write_png(const char *path, int w, int h, int comp,
                              const uint8_t *pixels);
 

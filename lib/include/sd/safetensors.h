@@ -37,11 +37,12 @@
  *
  * Writing. sd_safetensors_write writes F32 tensors in name order with the
  * header padded by spaces to a multiple of 8 bytes (as the reference writer
- * does), so every tensor is 8-byte aligned in the file. It writes to
- * "<path>.tmp.<pid>", then fflush + fsync + fclose (all checked), rename()
- * over path, and fsyncs the directory: a crash or a concurrent reader never
- * sees a torn file, and on failure the temp file is removed and an existing
- * file at path is left untouched.
+ * does), so every tensor is 8-byte aligned in the file. It writes through
+ * sd/file.h's atomic writer (a temporary file "<path>.tmp.<pid>.<n>", fsync,
+ * close, rename() over path, fsync of the directory): a crash or a concurrent
+ * reader never sees a torn file, and on failure the temp file is removed and
+ * an existing file at path is left untouched. Opening goes through
+ * sd_file_open_read: a FIFO or directory is refused, never waited on.
  *
  * Ownership: a handle from sd_safetensors_open owns the file bytes; one from
  * sd_safetensors_parse borrows the caller's buffer, which must outlive it.
@@ -61,6 +62,7 @@
 #ifndef SD_SAFETENSORS_H
 #define SD_SAFETENSORS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -102,6 +104,11 @@ const sd_st_tensor *sd_safetensors_find(const sd_safetensors *st, const char *na
 
 /* The __metadata__ value for key, or NULL if absent. */
 const char *sd_safetensors_meta(const sd_safetensors *st, const char *key);
+/* Number of __metadata__ entries, and the i-th (key, value) pair in
+ * ascending (strcmp) key order; false if i is out of range. */
+size_t sd_safetensors_meta_count(const sd_safetensors *st);
+bool sd_safetensors_meta_at(const sd_safetensors *st, size_t i, const char **key,
+                            const char **value);
 
 /* Copies an F32 tensor into dst (n floats, n must equal t->numel) and checks
  * that every value is finite. On error dst's contents are unspecified. */
@@ -120,7 +127,7 @@ typedef struct sd_st_entry {
 /* Writes entries (unique names, not "__metadata__") and n_meta metadata
  * key/value strings (unique keys; both UTF-8) to path, atomically (see above).
  * Metadata keys are written in strcmp order; __metadata__ is omitted if
- * n_meta == 0. Tensor values are written as they are (not checked). */
+ * n_meta == 0. Non-finite tensor values are refused (SD_ERR_NUMERIC). */
 sd_status sd_safetensors_write(const char *path, const sd_st_entry *entries, size_t n,
                                const char *const *meta_keys, const char *const *meta_values,
                                size_t n_meta);
