@@ -77,8 +77,8 @@ static inline void say(const run *R, const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
     emit(R->h, line);
+    va_end(ap);
 }
 
 /* An error that ends the run: logged, left in sd_error_message(), and
@@ -96,7 +96,8 @@ static inline int fail(const run *R, int code, const char *fmt, ...)
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     emit(R->h, line);
-    sd_error(code == SD_TRAIN_BAD_INPUT ? SD_ERR_INVALID : SD_ERR_INTERNAL, "%s", line);
+    /* the status is not returned (the exit code is); the message is kept */
+    sd_error(code == SD_TRAIN_BAD_INPUT ? SD_ERR_INVALID : SD_ERR_IO, "%s", line);
     return code;
 }
 
