@@ -17,6 +17,7 @@
  */
 #include "sd/safetensors.h"
 #include "sd/file.h"
+#include "sd/membudget.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -499,6 +500,8 @@ sd_status sd_safetensors_open(const char *path, sd_safetensors **out)
                      "-byte limit", fsize, SD_ST_MAX_FILE);
         goto done;
     }
+    /* The whole file is read into memory: within the budget (sd/membudget.h). */
+    if ((rc = sd_mem_check(path, fsize)) != SD_OK) goto done;
     size_t len = (size_t)fsize, got = 0;
     if (!(buf = sd_malloc(len))) {
         rc = SD_ERR_NOMEM;

@@ -334,6 +334,25 @@ START_TEST(test_budget_image_cache)
 END_TEST
 
 /* A model's parameters are checked before they are allocated. */
+/* A checkpoint is read whole into memory: the read is within the budget. */
+START_TEST(test_budget_checkpoint_read)
+{
+    static float w[4096];
+    int64_t shape[1] = {4096};
+    sd_st_entry e[1] = {{"w", 1, shape, w}};
+    ck_assert_int_eq(sd_safetensors_write(P("big.safetensors"), e, 1, NULL, NULL, 0), SD_OK);
+    sd_safetensors *st = NULL;
+    sd_mem_set_budget(4096); /* the file is 16 KiB + header */
+    ck_assert_int_eq(sd_safetensors_open(P("big.safetensors"), &st), SD_ERR_NOMEM);
+    ck_assert_ptr_null(st);
+    ASSERT_MSG_HAS("big.safetensors needs");
+    ASSERT_MSG_HAS("allowed by --max-memory");
+    sd_mem_set_budget(0);
+    ck_assert_int_eq(sd_safetensors_open(P("big.safetensors"), &st), SD_OK);
+    sd_safetensors_close(st);
+}
+END_TEST
+
 START_TEST(test_budget_model)
 {
     sd_sde sde;
@@ -844,6 +863,7 @@ static Suite *budget_suite(void)
     tcase_add_test(tc, test_mem_parse_and_check);
     tcase_add_test(tc, test_budget_image_cache);
     tcase_add_test(tc, test_budget_model);
+    tcase_add_test(tc, test_budget_checkpoint_read);
     tcase_add_test(tc, test_cli_max_memory);
     tcase_add_test(tc, test_jpeg_claims_absurd_size);
     tcase_add_test(tc, test_png_claims_absurd_size);

@@ -19,6 +19,7 @@
 #include <cjson/cJSON.h>
 
 #include "cli.h"
+#include "sd/file.h"
 #include "report_internal.h"
 #include "svg_plot.h"
 
@@ -232,36 +233,6 @@ static const char *const css =
     "text-align:left;vertical-align:top}th{background:#f6f6f6;font-weight:normal}\n"
     ".missing{color:#777}code{font-size:12px}\n";
 
-/* TODO(file layer): replace with sd_file_write_atomic (lib/file.c) when it
- * lands. Temporary name with our pid (train and a `scorediff report` may
- * refresh the page at the same time), fsync, rename. */
-static sd_status write_atomic(const char *path, const char *data, size_t len)
-{
-    char tmp[REPORT_PATH_LEN + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return sd_error(SD_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    size_t off = 0;
-    int err = 0;
-    while (off < len) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            err = w < 0 ? errno : EIO;
-            break;
-        }
-        off += (size_t)w;
-    }
-    if (!err && fsync(fd) != 0) err = errno;
-    if (close(fd) != 0 && !err) err = errno;
-    if (!err && rename(tmp, path) != 0) err = errno;
-    if (err) {
-        unlink(tmp);
-        return sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(err));
-    }
-    return SD_OK;
-}
-
 static bool exists(const char *dir, const char *name)
 {
     char path[REPORT_PATH_LEN];
@@ -364,7 +335,7 @@ sd_status sd_report_write(const char *dir, sd_report_stats *stats)
         st = sd_error(SD_ERR_NOMEM, "out of memory while building the page");
         goto done;
     }
-    st = write_atomic(out, html, html_len);
+    st = sd_file_write_atomic(out, html, html_len);
     if (stats) {
         *stats = pg->st;
         stats->rows = M.rows;

@@ -40,23 +40,23 @@ cflags=""
 fuzz_args=()
 case "$name" in
 safetensors)
-    srcs="tests/fuzz/fuzz_safetensors.c lib/safetensors.c lib/status.c"
+    srcs="tests/fuzz/fuzz_safetensors.c lib/safetensors.c lib/status.c lib/file.c"
     libs="libcjson"
     dict="tests/fuzz/safetensors.dict"
     ;;
 image)
-    srcs="tests/fuzz/fuzz_image.c lib/stb_image_impl.c lib/data_image.c lib/data_csv.c lib/status.c lib/mem_budget.c"
+    srcs="tests/fuzz/fuzz_image.c lib/stb_image_impl.c lib/data_image.c lib/data_csv.c lib/status.c lib/mem_budget.c lib/file.c"
     libs="zlib"
     ;;
 csv)
-    srcs="tests/fuzz/fuzz_csv.c lib/data_csv.c lib/data_image.c lib/stb_image_impl.c lib/status.c"
+    srcs="tests/fuzz/fuzz_csv.c lib/data_csv.c lib/data_image.c lib/stb_image_impl.c lib/status.c lib/mem_budget.c lib/file.c"
     libs="zlib"
     ;;
 cli)
     # the whole program but its main(): every library, model, sampler and command source
-    srcs="tests/fuzz/fuzz_cli.c $(ls lib/*.c models/*.c samplers/*.c tools/cli.c tools/cmd_*.c)"
+    srcs="tests/fuzz/fuzz_cli.c $(ls lib/*.c models/*.c models/sde/*.c samplers/*.c tools/cli.c tools/cmd_*.c tools/report_inputs.c tools/svg_plot.c)"
     libs="openblas fftw3f libcjson lapacke zlib"
-    cflags="-fopenmp -Wno-pass-failed -Itools -Imodels -Isamplers"
+    cflags="-fopenmp -Wno-pass-failed -Itools -Imodels -Imodels/include -Isamplers"
     fuzz_args=(-close_fd_mask=3)
     ;;
 *)

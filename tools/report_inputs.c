@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "sd/file.h"
 #include "report_internal.h"
 #include "svg_plot.h"
 
@@ -32,15 +33,17 @@ char *report_slurp(const char *path, size_t *len, const char **why)
 {
     *len = 0;
     *why = "cannot be read";
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *why = errno == ENOENT ? "missing" : "cannot be opened";
+    /* sd/file.h: regular files only, a FIFO never blocks */
+    FILE *f = NULL;
+    if (sd_file_fopen_read(path, &f) != SD_OK) {
+        struct stat lb;
+        *why = stat(path, &lb) != 0 ? "missing"
+               : !S_ISREG(lb.st_mode) ? "not a regular file" : "cannot be opened";
         return NULL;
     }
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fileno(f), &sb) != 0) {
         fclose(f);
-        *why = "not a regular file";
         return NULL;
     }
     if ((uint64_t)sb.st_size > REPORT_MAX_INPUT) {
