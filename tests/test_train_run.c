@@ -241,7 +241,9 @@ START_TEST(test_run_stop_resume)
     sd_train_opts_default(&r);
     snprintf(r.out, sizeof r.out, "%s", at("part"));
     r.resume = true;
+    r.max_memory = (uint64_t)1 << 40; /* not stored with the run: this invocation's */
     ck_assert_int_eq(sd_train_resume(&r, &h), SD_OK);
+    ck_assert_uint_eq(r.max_memory, (uint64_t)1 << 40);
     ck_assert_int_eq(r.steps, 12);
     ck_assert_int_eq(r.seed, 3);
     ck_assert_int_eq(sd_train_run(&r, &h, &res), SD_TRAIN_OK);
