@@ -116,6 +116,9 @@ const sd_option sd_train_options[] = {
      .help = "print the data summary, the model's parameter count and\n"
              "NCSNv2's sigma_max, L and Langevin step size, then exit"},
     SD_OPT_F("--quiet", O, quiet, 1, "no progress display"),
+    SD_OPT_F("--no-report", O, no_report, 1,
+             "do not refresh RUN_DIR/report.html at each checkpoint\n"
+             "(scorediff report RUN_DIR writes it on demand)"),
     {.flag = "--max-memory", .type = SD_OPT_BYTES, .offset = offsetof(O, max_memory),
      .size = sizeof(uint64_t), .arg = "SIZE",
      .help = "refuse (exit 1) a data set, batch or model whose memory,\n"

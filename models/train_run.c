@@ -373,6 +373,10 @@ static int train(run *R, sd_train_result *res)
             last_ckpt = step;
         }
         if (sampling && step % o->sample_every == 0) call_sampler(R);
+        if (ckpt_now && h->checkpoint && !o->no_report &&
+            h->checkpoint(h->checkpoint_ctx, o->out, step) != SD_OK)
+            say(R, "\nwarning: after the checkpoint of step %" PRId64 ": %s", step,
+                sd_error_message());
         res->step = step;
         res->last_loss = loss;
         res->images_per_s = (double)(step - step0) * (double)B / fmax(now - t0, 1e-9);

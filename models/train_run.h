@@ -80,6 +80,7 @@ typedef struct sd_train_opts {
     int threads;                  /* 0: OMP_NUM_THREADS / all cores */
     uint64_t seed;
     bool resume, dry_run, quiet;
+    bool no_report;               /* do not call hooks->checkpoint (--no-report) */
     uint64_t max_memory;          /* 0: none; else the memory budget (sd/membudget.h)
                                      during sd_train_run, restored afterwards */
     uint64_t given;               /* bit i: sd_train_options[i] was given (command line) */
@@ -144,6 +145,11 @@ typedef struct sd_train_hooks {
     bool quiet; /* no progress calls */
     sd_train_log_fn log;
     void *log_ctx;
+    /* Called after every checkpoint is written (and after that step's sample
+     * grid), unless o->no_report: the CLI refreshes RUN_DIR/report.html
+     * there. A failure is reported as a warning; training goes on. */
+    sd_status (*checkpoint)(void *ctx, const char *run_dir, int64_t step);
+    void *checkpoint_ctx;
 } sd_train_hooks;
 
 /* Exit codes of sd_train_run (the process exit codes of `scorediff train`). */

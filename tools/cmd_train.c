@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "report.h"
 #include "image_grid.h"
 #include "sampler.h"
 #include "train_run.h"
@@ -124,6 +125,15 @@ static sd_status sample_grid(void *ctx, sd_model *m, const char *transform, int6
 static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
 
+/* After every checkpoint: RUN_DIR/report.html (tools/report.h) with the
+ * metrics and grids so far. */
+static sd_status refresh_report(void *ctx, const char *run_dir, int64_t step)
+{
+    (void)ctx;
+    (void)step;
+    return sd_report_write(run_dir, NULL);
+}
+
 int sd_cmd_train(int argc, char **argv)
 {
     sd_train_opts o;
@@ -136,7 +146,8 @@ int sd_cmd_train(int argc, char **argv)
     if (rc) return rc;
     cli_progress prog;
     sd_train_hooks h = {.stop = &stop_signal, .quiet = o.quiet, .sample = sample_grid,
-                        .log = log_line, .progress = show_progress, .progress_ctx = &prog};
+                        .log = log_line, .progress = show_progress, .progress_ctx = &prog,
+                        .checkpoint = refresh_report};
     if (o.resume && sd_train_resume(&o, &h) != SD_OK) return cli_fail(CMD, 2, "%s", sd_error_message());
     if (o.dry_run) return sd_train_run(&o, &h, NULL);
     stop_signal = 0;
