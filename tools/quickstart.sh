@@ -48,5 +48,5 @@ cat <<MSG
   metrics      $RUN/model/metrics.csv
   samples      $RUN/samples.png
   likelihood   $RUN/loglik.csv (per image), summary in $RUN/loglik.txt
-  report page  $RUN/model/report.html (open it in a browser: file://$(pwd)/$RUN/model/report.html)
+  report page  $RUN/model/report.html (open it in a browser: file://$(cd "$RUN/model" && pwd)/report.html)
 MSG
