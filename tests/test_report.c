@@ -427,6 +427,28 @@ START_TEST(test_points_run)
 }
 END_TEST
 
+/* train refreshes RUN_DIR/report.html at every checkpoint (issue 17 item 3),
+ * with the metrics rows written so far; --no-report leaves it alone. */
+START_TEST(test_train_refreshes_report)
+{
+    make_tmpdir();
+    write_points(at("pts.csv"), 200);
+    ck_assert_int_eq(sd_run("train", "--data", at("pts.csv"), "--model", "mlp", "--steps", "12",
+                            "--ckpt-every", "5", "--threads", "1", "--quiet", "--out", at("R"),
+                            NULL), 0);
+    /* the last refresh followed the final checkpoint (step 12): all rows */
+    char *html = check_page(at("R"), 12, 0);
+    ck_assert(strstr(html, "step 12 of 12"));
+    free(html);
+    ck_assert_int_eq(sd_run("train", "--data", at("pts.csv"), "--model", "mlp", "--steps", "6",
+                            "--threads", "1", "--quiet", "--no-report", "--out", at("N"), NULL),
+                     0);
+    ck_assert_int_eq(access(at("N/report.html"), F_OK), -1);
+    ck_assert_int_eq(access(at("N/checkpoint.safetensors"), F_OK), 0);
+    remove_tmpdir();
+}
+END_TEST
+
 START_TEST(test_image_run_grids)
 {
     make_tmpdir();
@@ -703,6 +725,7 @@ static Suite *report_suite(void)
     TCase *tc = tcase_create("report");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_points_run);
+    tcase_add_test(tc, test_train_refreshes_report);
     tcase_add_test(tc, test_image_run_grids);
     tcase_add_test(tc, test_long_run_downsampled);
     tcase_add_test(tc, test_bad_input);

@@ -38,7 +38,8 @@
 #include "sd/file.h"
 #include "sd/rng.h"
 #include "sd/safetensors.h"
-#include "train_loop.h"
+#include "ncsnv2.h"
+#include "train_run.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 

@@ -67,20 +67,6 @@ bool cli_parse_int(const char *cmd, const char *opt, const char *s, long long lo
     return true;
 }
 
-bool cli_parse_double(const char *cmd, const char *opt, const char *s, double lo, double hi,
-                      double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end || errno || !isfinite(v) || v < lo || v > hi) {
-        cli_fail(cmd, 2, "%s %s: expected a number in [%g, %g]", opt, s, lo, hi);
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
 bool cli_opt(int argc, char **argv, int *i, const char *name, const char **val, bool *err,
              const char *cmd)
 {
@@ -92,6 +78,58 @@ bool cli_opt(int argc, char **argv, int *i, const char *name, const char **val, 
     }
     *val = argv[++*i];
     return true;
+}
+
+int cli_parse_options(const char *cmd, const sd_option *tab, size_t n, int argc, char **argv,
+                      void *base, uint64_t *given, bool *help)
+{
+    *help = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            *help = true;
+            return 0;
+        }
+        size_t k = 0;
+        while (k < n && !(tab[k].flag && !strcmp(tab[k].flag, a))) k++;
+        if (k == n) return cli_fail(cmd, 2, "unknown option '%s' (see scorediff %s --help)", a, cmd);
+        const sd_option *op = &tab[k];
+        const char *v = NULL;
+        if (op->type != SD_OPT_FLAG) {
+            if (i + 1 >= argc) return cli_fail(cmd, 2, "%s needs a value", a);
+            v = argv[++i];
+        }
+        char msg[1024];
+        if (!sd_option_parse(op, v, base, msg, sizeof msg)) return cli_fail(cmd, 2, "%s", msg);
+        if (given && k < 64) *given |= (uint64_t)1 << k;
+    }
+    return 0;
+}
+
+void cli_print_options(FILE *f, const sd_option *tab, size_t n)
+{
+    enum { COL = 25 };
+    for (size_t k = 0; k < n; k++) {
+        const sd_option *op = &tab[k];
+        if (op->type == SD_OPT_TEXT) {
+            fprintf(f, "%s\n", op->help);
+            continue;
+        }
+        char left[128];
+        int len = snprintf(left, sizeof left, "  %s%s%s", op->flag, op->arg ? " " : "",
+                           op->arg ? op->arg : "");
+        fputs(left, f);
+        const char *h = op->help ? op->help : "";
+        if (len >= COL - 1) fputc(' ', f);
+        else fprintf(f, "%*s", COL - len, "");
+        for (const char *line = h;;) {
+            size_t l = strcspn(line, "\n");
+            fprintf(f, "%.*s\n", (int)l, line);
+            if (!line[l]) break;
+            line += l + 1;
+            fprintf(f, "%*s", COL, "");
+        }
+    }
 }
 
 double cli_now(void)

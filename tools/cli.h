@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "option_table.h"
 #include "sd/status.h"
 
 int sd_cmd_train(int argc, char **argv);
@@ -24,6 +25,12 @@ int sd_cmd_loglik(int argc, char **argv);
 int sd_cmd_convert_idx(int argc, char **argv);
 int sd_cmd_info(int argc, char **argv);
 int sd_cmd_report(int argc, char **argv);
+
+/* cmd_train.c: argv (argv[0] = "train") into o through the training run's
+ * option table, with defaults; returns 0 or an exit code (2) after printing
+ * the error; *help is set by --help. */
+typedef struct sd_train_opts sd_train_opts;
+int sd_train_parse_args(int argc, char **argv, sd_train_opts *o, bool *help);
 
 /* Print "scorediff <cmd>: <formatted message>\n" to stderr; returns `code`.
  * Control characters in the message (from a file name, say) are printed
@@ -46,33 +53,21 @@ int cli_exit_code(sd_status st);
  * the option and return false. */
 bool cli_parse_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi,
                    long long *out);
-bool cli_parse_double(const char *cmd, const char *opt, const char *s, double lo, double hi,
-                      double *out);
 /* If argv[*i] equals `name`, take its value (argv[*i + 1]) into *val, advance
  * *i and return true; a missing value prints an error and sets *err. */
 bool cli_opt(int argc, char **argv, int *i, const char *name, const char **val, bool *err,
              const char *cmd);
 
-/* Option-table helpers for a parse loop `for (int i = 1; i < argc && !err; i++)`
- * with locals `const char *v`, `bool err`, an options struct pointer `o` and a
- * `CMD` string in scope: each matches one option, stores its value in
- * o->field (INT/DBL parse and range-check it) and `continue`s the loop. */
-#define CLI_OPT(name) cli_opt(argc, argv, &i, name, &v, &err, CMD)
-#define CLI_STR(name, field)                                                               \
-    if (CLI_OPT(name)) {                                                                   \
-        o->field = v;                                                                      \
-        continue;                                                                          \
-    }
-#define CLI_INT(name, lo, hi, field)                                                       \
-    if (CLI_OPT(name)) {                                                                   \
-        if (!err && !cli_parse_int(CMD, name, v, lo, hi, &o->field)) err = true;           \
-        continue;                                                                          \
-    }
-#define CLI_DBL(name, lo, hi, field)                                                       \
-    if (CLI_OPT(name)) {                                                                   \
-        if (!err && !cli_parse_double(CMD, name, v, lo, hi, &o->field)) err = true;        \
-        continue;                                                                          \
-    }
+/* Parse argv (argv[0] the command) by an option table (models/option_table.h)
+ * into the options struct at base: every entry's flag, its value checked by
+ * type and range; bit i of *given (if not NULL) set for entry i. --help / -h
+ * sets *help and stops. Returns 0, or 2 after printing the problem (an
+ * unknown option, a missing or bad value). */
+int cli_parse_options(const char *cmd, const sd_option *tab, size_t n, int argc, char **argv,
+                      void *base, uint64_t *given, bool *help);
+/* The table as help text: "  --flag ARG  help", continuation lines
+ * indented; SD_OPT_TEXT entries as they are. */
+void cli_print_options(FILE *f, const sd_option *tab, size_t n);
 
 /* Progress: redrawn in place on a terminal, one line every `interval_s`
  * seconds otherwise (logs). `extra` is appended (e.g. "loss 0.1234"). */

@@ -23,46 +23,6 @@
 
 #define CMD "loglik"
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-"usage: scorediff loglik (--ckpt FILE|RUN_DIR | --gmm SPEC.json --sde FAMILY)\n"
-"                        --data DIR|FILE.csv --method ode|elbo|iwae [options]\n"
-"\n"
-"Estimates log p_eps(x), the model's density at the time eps where sampling\n"
-"ends, for every item of the data set, and its mean +- standard error.\n"
-"  --method ode           probability-flow ODE, RK45 on [x, divergence] (Song et\n"
-"                         al. 2021, App. D.2): an estimate of log p itself\n"
-"                         with every family, including dct, dense and state\n"
-"  --method elbo|iwae     lower bounds through an N-step Gaussian chain: the mean\n"
-"                         of K log-weights, or log (1/K) sum of K weights\n"
-"                         (Burda et al. 2016); IWAE_K approaches log p as K, N grow;\n"
-"                         isotropic families (ncsn, ve, vp, subvp) only\n"
-"Options\n"
-"  --divergence exact|hutchinson   ODE divergence (default exact if D <= 64)\n"
-"  --probes n             Hutchinson probes per item, fixed along its path (1)\n"
-"  --probe rademacher|gaussian     (default rademacher)\n"
-"  --rtol X, --atol X     RK45 tolerances (1e-5; rtol >= 1e-6, the floor for float32,\n"
-"                         atol >= 1e-12); at most 100000 evaluations per batch\n"
-"  --K k                  chains per item (elbo 1, iwae 50)\n"
-"  --steps N              chain steps between eps and 1 (100)\n"
-"  --decoder full|iso|em  reverse step: moment-matched full covariance (D <= 64\n"
-"                         default), isotropic, or Euler-Maruyama (see likelihood.h)\n"
-"  --eps E                start time (default 1e-5; 0 for ncsn)\n"
-"  --limit M              only the first M items\n"
-"  --dequant n            dequantisation draws per image, log p averaged (1)\n"
-"  --batch B              items per model evaluation (16 images, 256 points)\n"
-"  --seed S               probes, chains and dequantisation noise (0)\n"
-"  --raw                  use the raw weights instead of the EMA\n"
-"  --out FILE.csv         per-item rows (default: stdout, summary as # lines); never\n"
-"                         an input or a file inside a run directory\n"
-"  --quiet                no progress display\n"
-"Bits/dim = -(log p(x) - D log 256) / (D ln 2) for x in [0,1]^D (images only).\n"
-"--sde (with --gmm) as in scorediff sample --help: ncsn, ve, vp, subvp,\n"
-"dct:...,shape=CxHxW, dense:...,C=FILE.json, state:...\n"
-"Exit codes: 0 done, 1 runtime failure, 2 bad options or data.\n");
-}
-
 typedef struct opts {
     const char *ckpt, *gmm, *sde, *data, *out, *method;
     const char *divergence, *probe, *decoder;
@@ -70,6 +30,64 @@ typedef struct opts {
     double eps, rtol, atol;
     bool raw, quiet;
 } opts;
+
+#define I(fl, f, lo, hi, a, h) SD_OPT_I(fl, NULL, opts, f, lo, hi, 0, a, h)
+#define D(fl, f, lo, hi, a, h) SD_OPT_D(fl, NULL, opts, f, lo, hi, 0, a, h)
+#define P(fl, f, a, h) SD_OPT_P(fl, opts, f, a, h)
+static const sd_option options[] = {
+    SD_OPT_HEAD("Estimates log p_eps(x), the model's density at the time eps where sampling\n"
+                "ends, for every item of the data set, and its mean +- standard error."),
+    P("--ckpt", ckpt, "FILE|RUN_DIR", "a checkpoint, or a run directory (its checkpoint)"),
+    P("--gmm", gmm, "SPEC.json", "an analytic Gaussian mixture, with --sde"),
+    P("--sde", sde, "FAMILY", "the noise family of --gmm (see below)"),
+    P("--data", data, "DIR|FILE.csv", "the held-out images or points"),
+    P("--method", method, "M",
+      "ode: probability-flow ODE, RK45 on [x, divergence] (Song et\n"
+      "al. 2021, App. D.2): an estimate of log p itself\n"
+      "with every family, including dct, dense and state;\n"
+      "elbo|iwae: lower bounds through an N-step Gaussian chain: the mean\n"
+      "of K log-weights, or log (1/K) sum of K weights\n"
+      "(Burda et al. 2016); IWAE_K approaches log p as K, N grow;\n"
+      "isotropic families (ncsn, ve, vp, subvp) only"),
+    SD_OPT_HEAD("Options"),
+    P("--divergence", divergence, "exact|hutchinson", "ODE divergence (default exact if D <= 64)"),
+    I("--probes", probes, 1, 4096, "n", "Hutchinson probes per item, fixed along its path (1)"),
+    P("--probe", probe, "rademacher|gaussian", "Hutchinson probe distribution (default rademacher)"),
+    /* floors: cli_check_tolerances */
+    D("--rtol", rtol, 0.0, 1.0, "X", "RK45 relative tolerance (1e-5; >= 1e-6, the floor for float32)"),
+    D("--atol", atol, 0.0, 1.0, "X", "RK45 absolute tolerance (1e-5; >= 1e-12); at most 100000\n"
+                                     "evaluations per batch"),
+    I("--K", K, 1, 1000000, "k", "chains per item (elbo 1, iwae 50)"),
+    I("--steps", steps, 1, 1000000, "N", "chain steps between eps and 1 (100)"),
+    P("--decoder", decoder, "full|iso|em", "reverse step: moment-matched full covariance (D <= 64\n"
+                                           "default), isotropic, or Euler-Maruyama (see likelihood.h)"),
+    D("--eps", eps, 0.0, 1.0, "E", "start time (default 1e-5; 0 for ncsn)"),
+    I("--limit", limit, 1, 1LL << 40, "M", "only the first M items"),
+    I("--dequant", dequant, 1, 1000, "n", "dequantisation draws per image, log p averaged (1)"),
+    I("--batch", batch, 1, 1 << 20, "B", "items per model evaluation (16 images, 256 points)"),
+    I("--seed", seed, 0, 9223372036854775807LL, "S", "probes, chains and dequantisation noise (0)"),
+    SD_OPT_F("--raw", opts, raw, 1, "use the raw weights instead of the EMA"),
+    P("--out", out, "FILE.csv", "per-item rows (default: stdout, summary as # lines); never\n"
+                                "an input or a file inside a run directory"),
+    SD_OPT_F("--quiet", opts, quiet, 1, "no progress display"),
+};
+#undef I
+#undef D
+#undef P
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: scorediff loglik (--ckpt FILE|RUN_DIR | --gmm SPEC.json --sde FAMILY)\n"
+"                        --data DIR|FILE.csv --method ode|elbo|iwae [options]\n"
+"\n");
+    cli_print_options(f, options, sizeof options / sizeof *options);
+    fprintf(f,
+"Bits/dim = -(log p(x) - D log 256) / (D ln 2) for x in [0,1]^D (images only).\n"
+"--sde (with --gmm) as in scorediff sample --help: ncsn, ve, vp, subvp,\n"
+"dct:...,shape=CxHxW, dense:...,C=FILE.json, state:...\n"
+"Exit codes: 0 done, 1 runtime failure, 2 bad options or data.\n");
+}
 
 static int parse(int argc, char **argv, opts *o, bool *help)
 {
@@ -82,38 +100,9 @@ static int parse(int argc, char **argv, opts *o, bool *help)
     o->batch = -1;
     o->eps = -1.0;
     o->rtol = o->atol = 1e-5;
-    *help = false;
-    bool err = false;
-    for (int i = 1; i < argc && !err; i++) {
-        const char *a = argv[i], *v = NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            *help = true;
-            return 0;
-        }
-        if (!strcmp(a, "--raw")) { o->raw = true; continue; }
-        if (!strcmp(a, "--quiet")) { o->quiet = true; continue; }
-        CLI_STR("--ckpt", ckpt)
-        CLI_STR("--gmm", gmm)
-        CLI_STR("--sde", sde)
-        CLI_STR("--data", data)
-        CLI_STR("--out", out)
-        CLI_STR("--method", method)
-        CLI_STR("--divergence", divergence)
-        CLI_STR("--probe", probe)
-        CLI_STR("--decoder", decoder)
-        CLI_INT("--probes", 1, 4096, probes)
-        CLI_INT("--K", 1, 1000000, K)
-        CLI_INT("--steps", 1, 1000000, steps)
-        CLI_INT("--limit", 1, 1LL << 40, limit)
-        CLI_INT("--dequant", 1, 1000, dequant)
-        CLI_INT("--batch", 1, 1 << 20, batch)
-        CLI_INT("--seed", 0, 9223372036854775807LL, seed)
-        CLI_DBL("--eps", 0.0, 1.0, eps)
-        CLI_DBL("--rtol", 0.0, 1.0, rtol) /* floors: cli_check_tolerances */
-        CLI_DBL("--atol", 0.0, 1.0, atol)
-        return cli_fail(CMD, 2, "unknown option '%s' (see scorediff loglik --help)", a);
-    }
-    if (err) return 2;
+    int rc = cli_parse_options(CMD, options, sizeof options / sizeof *options, argc, argv, o, NULL,
+                               help);
+    if (rc || *help) return rc;
     if (cli_check_model_source(CMD, o->ckpt, o->gmm, o->sde)) return 2;
     if (!o->data) return cli_fail(CMD, 2, "--data DIR|FILE.csv is required");
     if (!o->method) return cli_fail(CMD, 2, "--method ode|elbo|iwae is required");

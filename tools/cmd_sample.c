@@ -23,79 +23,6 @@
 
 #define CMD "sample"
 
-static void usage(FILE *f)
-{
-    fprintf(f,
-"usage: scorediff sample (--ckpt FILE|RUN_DIR | --gmm SPEC.json --sde FAMILY)\n"
-"                        --sampler langevin|pc|ode|heun|dpm2m --n N\n"
-"                        (--out OUT | --out-dir DIR) [options]\n"
-"\n"
-"Output\n"
-"  --out FILE.png         a grid of the samples (images); for low-dimensional\n"
-"                         models FILE is a CSV file, one sample per line\n"
-"  --out-dir DIR          one PNG per sample, DIR/00000.png, ...\n"
-"  --trajectory FILE      snapshots along the way of the first samples (PNG grid:\n"
-"                         one row per sample; CSV for low-dimensional models)\n"
-"  --snapshots K          number of snapshots (default 8)\n"
-"  An output never replaces an input (--ckpt, --gmm, --image, --mask) or a file\n"
-"  inside a run directory; such names are refused before any work.\n"
-"Common options\n"
-"  --seed S               random seed (default 0); same seed, same samples\n"
-"  --batch B              samples processed together (default 256; bounds memory)\n"
-"  --eps T                smallest time (default 1e-5; 0 for ncsn)\n"
-"  --denoise | --no-denoise   final noise-free step (default on; ode: off; the\n"
-"                         state family has no Tweedie step: use --no-denoise)\n"
-"  --ema | --raw          EMA weights (default, when present) or the raw ones\n"
-"  --quiet                no progress display\n"
-"Annealed Langevin (Song & Ermon 2019)\n"
-"  --levels L             levels of continuous families (default 10; ncsn: its own)\n"
-"  --steps-per-level T    Langevin steps per level (default 100)\n"
-"  --step-eps E           eps in alpha_i = eps sigma_i^2 / sigma_L^2 (0.1 sigma_L^2)\n"
-"Predictor-corrector (Song et al. 2021)\n"
-"  --predictor P          em | rd (reverse diffusion, default) | ancestral | none;\n"
-"                         dct, dense and state take em (their default) or none\n"
-"  --corrector C          langevin (default) | none\n"
-"  --corrector-steps M    corrector steps per time (default 1)\n"
-"  --snr R                corrector target signal-to-noise ratio (default 0.16)\n"
-"  --steps N              time points (default 1000; ncsn: its levels)\n"
-"Probability flow ODE\n"
-"  --method M             euler | heun | rk4 | rk45 (default)\n"
-"  --steps N              fixed-step methods: steps (default 100)\n"
-"  --rtol X, --atol X     rk45 tolerances (default 1e-5; rtol >= 1e-6, the floor for\n"
-"                         float32, atol >= 1e-12); at most 100000 evaluations per\n"
-"                         batch (the solver's budget), else it stops with an error\n"
-"  --schedule S           fixed-step methods: the grid of the few-step samplers\n"
-"                         below, mapped to times (default: equal steps in t)\n"
-    );
-    /* two strings: ISO C caps a literal at 4095 characters */
-    fprintf(f,
-"Few-step samplers (isotropic families ncsn, ve, vp, subvp only)\n"
-"  heun                   EDM Heun (Karras et al. 2022, Alg. 2): --steps N costs\n"
-"                         2N - 1 NFE (default N = 18: 35 NFE)\n"
-"  dpm2m                  DPM-Solver++(2M) (Lu et al. 2022): N steps, N NFE\n"
-"                         (default 20)\n"
-"  --steps N              noise levels from sigma_max to sigma_min, then 0\n"
-"  --schedule S           karras (default) | loglinear | uniform (equal steps in t)\n"
-"  --rho R                karras exponent (default 7)\n"
-"  --sigma-min X, --sigma-max X   grid range in sigma/a(t) (default the model's:\n"
-"                         sigma(eps)/a(eps) - vp, subvp: at t = 1e-3 - and\n"
-"                         sigma(1)/a(1))\n"
-"  --churn S              heun: stochastic churn S_churn (default 0)\n"
-"  --s-tmin X, --s-tmax X heun: churn only for sigma in [X, Y] (default all)\n"
-"  --s-noise X            heun: S_noise (default 1)\n"
-"Inpainting and colorization (Song et al. 2021, App. I; langevin or pc;\n"
-"isotropic families ncsn, ve, vp, subvp only)\n"
-"  --image FILE           the image to complete (PNG, JPEG, ...; resized to the model)\n"
-"  --mask FILE            white (>= 128) = known pixels, black = to be sampled\n"
-"  --colorize             sample the colours of --image's gray levels (3-channel model)\n"
-"Noise families (--sde, with --gmm): ncsn, ve, vp, subvp, and the matrix-valued\n"
-"  dct:blur_max=B,shape=CxHxW    blurring diffusion in the DCT basis (images)\n"
-"  dense:C=FILE.json             VE noise with covariance C ({\"C\": [[..],..]})\n"
-"  state                         asinh image of ve: G depends on x\n"
-"  (all three also take sigma_min, sigma_max; see scorediff train --help)\n"
-"Exit codes: 0 done, 1 runtime failure, 2 bad options or input.\n");
-}
-
 typedef struct opts {
     const char *ckpt, *gmm, *sde, *sampler, *out, *out_dir, *trajectory;
     const char *predictor, *corrector, *method, *image, *mask, *schedule;
@@ -105,6 +32,105 @@ typedef struct opts {
     int denoise; /* -1 default */
     bool raw, quiet, colorize;
 } opts;
+
+#define I(fl, f, lo, hi, a, h) SD_OPT_I(fl, NULL, opts, f, lo, hi, 0, a, h)
+#define D(fl, f, lo, hi, a, h) SD_OPT_D(fl, NULL, opts, f, lo, hi, 0, a, h)
+#define P(fl, f, a, h) SD_OPT_P(fl, opts, f, a, h)
+static const sd_option options[] = {
+    SD_OPT_HEAD("Model"),
+    P("--ckpt", ckpt, "FILE|RUN_DIR", "a checkpoint, or a run directory (its checkpoint)"),
+    P("--gmm", gmm, "SPEC.json", "an analytic Gaussian mixture, with --sde"),
+    P("--sde", sde, "FAMILY", "the noise family of --gmm (see Noise families below)"),
+    P("--sampler", sampler, "S", "langevin | pc | ode | heun (35 NFE) | dpm2m (20 NFE)"),
+    I("--n", n, 1, 100000000, "N", "number of samples"),
+    SD_OPT_HEAD("Output"),
+    P("--out", out, "FILE.png", "a grid of the samples (images); for low-dimensional\n"
+                                "models FILE is a CSV file, one sample per line"),
+    P("--out-dir", out_dir, "DIR", "one PNG per sample, DIR/00000.png, ..."),
+    P("--trajectory", trajectory, "FILE",
+      "snapshots along the way of the first samples (PNG grid:\n"
+      "one row per sample; CSV for low-dimensional models)"),
+    I("--snapshots", snapshots, 2, 100, "K", "number of snapshots (default 8)"),
+    SD_OPT_HEAD("  An output never replaces an input (--ckpt, --gmm, --image, --mask) or a file\n"
+                "  inside a run directory; such names are refused before any work."),
+    SD_OPT_HEAD("Common options"),
+    I("--seed", seed, 0, 9223372036854775807LL, "S",
+      "random seed (default 0); same seed, same samples"),
+    I("--batch", batch, 1, 1 << 20, "B", "samples processed together (default 256; bounds memory)"),
+    D("--eps", eps, 0.0, 0.999999, "T", "smallest time (default 1e-5; 0 for ncsn)"),
+    SD_OPT_F("--denoise", opts, denoise, 1, "final noise-free step (default on; ode: off; the\n"
+                                            "state family has no Tweedie step: use --no-denoise)"),
+    SD_OPT_F("--no-denoise", opts, denoise, 0, "no final noise-free step"),
+    SD_OPT_F("--ema", opts, raw, 0, "EMA weights (default, when present)"),
+    SD_OPT_F("--raw", opts, raw, 1, "the raw weights instead of the EMA"),
+    SD_OPT_F("--quiet", opts, quiet, 1, "no progress display"),
+    SD_OPT_HEAD("Annealed Langevin (Song & Ermon 2019)"),
+    I("--levels", levels, 1, 100000, "L", "levels of continuous families (default 10; ncsn: its own)"),
+    I("--steps-per-level", steps_per_level, 1, 1000000, "T",
+      "Langevin steps per level (default 100)"),
+    D("--step-eps", step_eps, 1e-30, 1e30, "E",
+      "eps in alpha_i = eps sigma_i^2 / sigma_L^2 (0.1 sigma_L^2)"),
+    SD_OPT_HEAD("Predictor-corrector (Song et al. 2021)"),
+    P("--predictor", predictor, "P", "em | rd (reverse diffusion, default) | ancestral | none;\n"
+                                     "dct, dense and state take em (their default) or none"),
+    P("--corrector", corrector, "C", "langevin (default) | none"),
+    I("--corrector-steps", corrector_steps, 1, 100000, "M", "corrector steps per time (default 1)"),
+    D("--snr", snr, 1e-12, 1e6, "R", "corrector target signal-to-noise ratio (default 0.16)"),
+    I("--steps", steps, 1, 10000000, "N", "pc: time points (default 1000; ncsn: its levels);\n"
+                                          "ode, fixed-step methods: steps (default 100);\n"
+                                          "heun: steps, 2N - 1 NFE (default 18: 35 NFE);\n"
+                                          "dpm2m: steps, N NFE (default 20)"),
+    SD_OPT_HEAD("Probability flow ODE"),
+    P("--method", method, "M", "euler | heun | rk4 | rk45 (default)"),
+    /* floors: cli_check_tolerances */
+    D("--rtol", rtol, 0.0, 1.0, "X", "rk45 relative tolerance (default 1e-5; >= 1e-6, the floor\n"
+                                     "for float32)"),
+    D("--atol", atol, 0.0, 1.0, "X", "rk45 absolute tolerance (default 1e-5; >= 1e-12); at most\n"
+                                     "100000 evaluations per batch (the solver's budget), else\n"
+                                     "it stops with an error"),
+    SD_OPT_HEAD("  --schedule (below) also sets the grid of the fixed-step methods, mapped to\n"
+                "  times (default: equal steps in t)"),
+    SD_OPT_HEAD("Few-step samplers (isotropic families ncsn, ve, vp, subvp only)\n"
+                "  heun: EDM Heun (Karras et al. 2022, Alg. 2); dpm2m: DPM-Solver++(2M)\n"
+                "  (Lu et al. 2022). --steps noise levels from sigma_max to sigma_min, then 0."),
+    P("--schedule", schedule, "S", "karras (default) | loglinear | uniform (equal steps in t)"),
+    D("--rho", rho, 1e-3, 1e3, "R", "karras exponent (default 7)"),
+    D("--sigma-min", sigma_min, 1e-30, 1e30, "X",
+      "grid's low end in sigma/a(t) (default the model's at the\n"
+      "smallest time; vp, subvp: at t = 1e-3)"),
+    D("--sigma-max", sigma_max, 1e-30, 1e30, "X",
+      "grid's high end (default the model's sigma(1)/a(1))"),
+    D("--churn", churn, 0.0, 1e6, "S", "heun: stochastic churn S_churn (default 0)"),
+    D("--s-tmin", s_tmin, 0.0, 1e30, "X", "heun: churn only for sigma >= X (default 0)"),
+    D("--s-tmax", s_tmax, 0.0, 1e30, "X", "heun: churn only for sigma <= X (default inf)"),
+    D("--s-noise", s_noise, 0.0, 1e3, "X", "heun: S_noise (default 1)"),
+    SD_OPT_HEAD("Inpainting and colorization (Song et al. 2021, App. I; langevin or pc;\n"
+                "isotropic families ncsn, ve, vp, subvp only)"),
+    P("--image", image, "FILE", "the image to complete (PNG, JPEG, ...; resized to the model)"),
+    P("--mask", mask, "FILE", "white (>= 128) = known pixels, black = to be sampled"),
+    SD_OPT_F("--colorize", opts, colorize, 1,
+             "sample the colours of --image's gray levels (3-channel model)"),
+};
+#undef I
+#undef D
+#undef P
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"usage: scorediff sample (--ckpt FILE|RUN_DIR | --gmm SPEC.json --sde FAMILY)\n"
+"                        --sampler langevin|pc|ode|heun|dpm2m --n N\n"
+"                        (--out OUT | --out-dir DIR) [options]\n"
+"\n");
+    cli_print_options(f, options, sizeof options / sizeof *options);
+    fprintf(f,
+"Noise families (--sde, with --gmm): ncsn, ve, vp, subvp, and the matrix-valued\n"
+"  dct:blur_max=B,shape=CxHxW    blurring diffusion in the DCT basis (images)\n"
+"  dense:C=FILE.json             VE noise with covariance C ({\"C\": [[..],..]})\n"
+"  state                         asinh image of ve: G depends on x\n"
+"  (all three also take sigma_min, sigma_max; see scorediff train --help)\n"
+"Exit codes: 0 done, 1 runtime failure, 2 bad options or input.\n");
+}
 
 static int parse(int argc, char **argv, opts *o, bool *help)
 {
@@ -116,56 +142,9 @@ static int parse(int argc, char **argv, opts *o, bool *help)
     o->eps = o->step_eps = o->snr = o->rtol = o->atol = -1.0;
     o->rho = o->sigma_min = o->sigma_max = o->churn = o->s_tmin = o->s_tmax = o->s_noise = -1.0;
     o->denoise = -1;
-    *help = false;
-    bool err = false;
-    for (int i = 1; i < argc && !err; i++) {
-        const char *a = argv[i], *v = NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            *help = true;
-            return 0;
-        }
-        if (!strcmp(a, "--raw")) { o->raw = true; continue; }
-        if (!strcmp(a, "--ema")) { o->raw = false; continue; }
-        if (!strcmp(a, "--quiet")) { o->quiet = true; continue; }
-        if (!strcmp(a, "--colorize")) { o->colorize = true; continue; }
-        if (!strcmp(a, "--denoise")) { o->denoise = 1; continue; }
-        if (!strcmp(a, "--no-denoise")) { o->denoise = 0; continue; }
-        CLI_STR("--ckpt", ckpt)
-        CLI_STR("--gmm", gmm)
-        CLI_STR("--sde", sde)
-        CLI_STR("--sampler", sampler)
-        CLI_STR("--out", out)
-        CLI_STR("--out-dir", out_dir)
-        CLI_STR("--trajectory", trajectory)
-        CLI_STR("--predictor", predictor)
-        CLI_STR("--corrector", corrector)
-        CLI_STR("--method", method)
-        CLI_STR("--image", image)
-        CLI_STR("--mask", mask)
-        CLI_STR("--schedule", schedule)
-        CLI_DBL("--rho", 1e-3, 1e3, rho)
-        CLI_DBL("--sigma-min", 1e-30, 1e30, sigma_min)
-        CLI_DBL("--sigma-max", 1e-30, 1e30, sigma_max)
-        CLI_DBL("--churn", 0.0, 1e6, churn)
-        CLI_DBL("--s-tmin", 0.0, 1e30, s_tmin)
-        CLI_DBL("--s-tmax", 0.0, 1e30, s_tmax)
-        CLI_DBL("--s-noise", 0.0, 1e3, s_noise)
-        CLI_INT("--n", 1, 100000000, n)
-        CLI_INT("--seed", 0, 9223372036854775807LL, seed)
-        CLI_INT("--batch", 1, 1 << 20, batch)
-        CLI_INT("--levels", 1, 100000, levels)
-        CLI_INT("--steps-per-level", 1, 1000000, steps_per_level)
-        CLI_INT("--corrector-steps", 1, 100000, corrector_steps)
-        CLI_INT("--steps", 1, 10000000, steps)
-        CLI_INT("--snapshots", 2, 100, snapshots)
-        CLI_DBL("--eps", 0.0, 0.999999, eps)
-        CLI_DBL("--step-eps", 1e-30, 1e30, step_eps)
-        CLI_DBL("--snr", 1e-12, 1e6, snr)
-        CLI_DBL("--rtol", 0.0, 1.0, rtol) /* floors: cli_check_tolerances */
-        CLI_DBL("--atol", 0.0, 1.0, atol)
-        return cli_fail(CMD, 2, "unknown option '%s' (see scorediff sample --help)", a);
-    }
-    if (err) return 2;
+    int rc = cli_parse_options(CMD, options, sizeof options / sizeof *options, argc, argv, o, NULL,
+                               help);
+    if (rc || *help) return rc;
     if (cli_check_model_source(CMD, o->ckpt, o->gmm, o->sde)) return 2;
     if (!o->sampler) return cli_fail(CMD, 2, "--sampler langevin|pc|ode|heun|dpm2m is required");
     if (o->n < 1) return cli_fail(CMD, 2, "--n N is required");

@@ -54,7 +54,7 @@ csv)
     ;;
 cli)
     # the whole program but its main(): every library, model, sampler and command source
-    srcs="tests/fuzz/fuzz_cli.c $(ls lib/*.c models/*.c models/sde/*.c samplers/*.c tools/cli.c tools/cmd_*.c tools/train_loop.c tools/report_inputs.c tools/svg_plot.c)"
+    srcs="tests/fuzz/fuzz_cli.c $(ls lib/*.c models/*.c models/sde/*.c samplers/*.c tools/cli.c tools/cmd_*.c tools/report_inputs.c tools/svg_plot.c)"
     libs="openblas fftw3f libcjson lapacke zlib"
     cflags="-fopenmp -Wno-pass-failed -Itools -Imodels -Imodels/include -Isamplers"
     fuzz_args=(-close_fd_mask=3)

@@ -37,6 +37,9 @@ fi
   --n 64 --out "$RUN/samples.png"
 "$SD" loglik --ckpt "$RUN/model" --data "$RUN/data/test" --method iwae --K 4 --steps 100 \
   --out "$RUN/loglik.csv" 2>&1 | tee "$RUN/loglik.txt"
+# the run's page again, now with the likelihood summary (train wrote it at
+# every checkpoint)
+"$SD" report "$RUN/model"
 
 cat <<MSG
 
@@ -45,4 +48,5 @@ cat <<MSG
   metrics      $RUN/model/metrics.csv
   samples      $RUN/samples.png
   likelihood   $RUN/loglik.csv (per image), summary in $RUN/loglik.txt
+  report page  $RUN/model/report.html (open it in a browser: file://$(cd "$RUN/model" && pwd)/report.html)
 MSG

@@ -1,6 +1,19 @@
-/* train_loop.h - the training run behind `scorediff train`, callable in
- * process (tests drive it directly; cmd_train.c only parses argv into
- * sd_train_opts, handles --resume and signals, and calls sd_train_run).
+/* train_run.h - a training run: data, model, loop, checkpoints, metrics and
+ * the run directory, callable by any C program that links the library
+ * (`scorediff train` only parses argv into sd_train_opts through the option
+ * table below, installs the signal handlers and prints):
+ *
+ *     sd_train_opts o;
+ *     sd_train_opts_default(&o);
+ *     snprintf(o.data, sizeof o.data, "points.csv");
+ *     snprintf(o.out, sizeof o.out, "run1");
+ *     o.steps = 2000;
+ *     int rc = sd_train_run(&o, NULL, NULL);      // 0: done
+ *     // later: o.resume = true (o.out = "run1"); sd_train_resume(&o, NULL);
+ *     //        sd_train_run(&o, NULL, NULL) continues it bit for bit
+ *
+ * Options with o.dry_run set describe the run (data, model, NCSNv2's
+ * settings) on stdout and return without writing anything.
  *
  * A run lives in one directory RUN_DIR (--out):
  *   RUN_DIR/config.json              every setting, resolved (written atomically)
@@ -35,33 +48,19 @@
  * the samplers: it is the eps of x <- x + alpha_i s + sqrt(2 alpha_i) z with
  * alpha_i = eps sigma_i^2 / sigma_L^2 (NCSNv2's Alg. 1, samplers/sampler.h).
  */
-#ifndef SD_TRAIN_LOOP_H
-#define SD_TRAIN_LOOP_H
+#ifndef SD_TRAIN_RUN_H
+#define SD_TRAIN_RUN_H
 
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "score_model.h"
 #include "objective.h"
+#include "option_table.h"
+#include "score_model.h"
 
 #define SD_TRAIN_PATH_MAX 4096
 #define SD_TRAIN_MAX_BATCH 65536
-
-/* Bits of sd_train_opts.given: options set on the command line. On --resume
- * a given option that is fixed for a run must equal the stored value. */
-enum {
-    SD_TOPT_DATA = 1u << 0, SD_TOPT_OUT = 1u << 1, SD_TOPT_MODEL = 1u << 2,
-    SD_TOPT_CH = 1u << 3, SD_TOPT_MULT = 1u << 4, SD_TOPT_NRB = 1u << 5,
-    SD_TOPT_CHANNELS = 1u << 6, SD_TOPT_SIZE = 1u << 7, SD_TOPT_FLIP = 1u << 8,
-    SD_TOPT_SDE = 1u << 9, SD_TOPT_TRANSFORM = 1u << 10, SD_TOPT_OBJECTIVE = 1u << 11,
-    SD_TOPT_WEIGHTING = 1u << 12, SD_TOPT_LR = 1u << 13, SD_TOPT_WARMUP = 1u << 14,
-    SD_TOPT_COSINE = 1u << 15, SD_TOPT_CLIP = 1u << 16, SD_TOPT_EMA = 1u << 17,
-    SD_TOPT_BATCH = 1u << 18, SD_TOPT_SEED = 1u << 19,
-    /* may change on resume */
-    SD_TOPT_STEPS = 1u << 20, SD_TOPT_CKPT = 1u << 21, SD_TOPT_LOG = 1u << 22,
-    SD_TOPT_SAMPLE = 1u << 23, SD_TOPT_THREADS = 1u << 24
-};
 
 typedef struct sd_train_opts {
     char data[SD_TRAIN_PATH_MAX]; /* image folder or .csv file */
@@ -81,10 +80,22 @@ typedef struct sd_train_opts {
     int threads;                  /* 0: OMP_NUM_THREADS / all cores */
     uint64_t seed;
     bool resume, dry_run, quiet;
-    uint32_t given;               /* SD_TOPT_* */
+    bool no_report;               /* do not call hooks->checkpoint (--no-report) */
+    uint64_t max_memory;          /* 0: none; else the memory budget (sd/membudget.h)
+                                     during sd_train_run, restored afterwards */
+    uint64_t given;               /* bit i: sd_train_options[i] was given (command line) */
 } sd_train_opts;
 
+/* The defaults above (what `scorediff train --help` states). */
 void sd_train_opts_default(sd_train_opts *o);
+
+/* The options of a run, one entry each (option_table.h): the command line,
+ * its help text, config.json, range checks and the --resume conflict check
+ * all come from this table. */
+extern const sd_option sd_train_options[];
+extern const size_t sd_train_n_options;
+/* Whether the option filling field `offset` of sd_train_opts was given. */
+bool sd_train_given(const sd_train_opts *o, size_t offset);
 
 /* The sample-grid hook: called every --sample-every steps with the model
  * holding its EMA weights (restored afterwards); writes a PNG grid of samples
@@ -95,15 +106,50 @@ void sd_train_opts_default(sd_train_opts *o);
 typedef sd_status (*sd_train_sample_fn)(void *ctx, sd_model *m, const char *data_transform,
                                         int64_t step, uint64_t seed, const char *png_path);
 
+/* Progress of the loop, for a display: START before the first step, STEP
+ * after each one, END after the last one (or an interruption), ABORT when
+ * the loop stops with an error (a message follows through the log hook). */
+typedef enum sd_train_event {
+    SD_TRAIN_START, SD_TRAIN_STEP, SD_TRAIN_END, SD_TRAIN_ABORT
+} sd_train_event;
+typedef struct sd_train_progress {
+    sd_train_event event;
+    int64_t step, total, first; /* steps done, --steps, the step it (re)started from */
+    int64_t batch;
+    double loss, running;       /* this step's loss and the running average */
+} sd_train_progress;
+typedef void (*sd_train_progress_fn)(void *ctx, const sd_train_progress *p);
+
+/* Every line the run reports (what it does, warnings, the error that ends
+ * it): one line without a newline; a line that starts with '\n' asks to end
+ * a progress line first. NULL: "train: LINE" on stderr, control bytes
+ * escaped. An error's line is also left in sd_error_message(). */
+typedef void (*sd_train_log_fn)(void *ctx, const char *line);
+
+/* Stop hook: called after every step; nonzero (a signal number, say) =
+ * finish the step, write a checkpoint, return 128 + the value. */
+typedef int (*sd_train_stop_fn)(void *ctx, int64_t step);
+
 typedef struct sd_train_hooks {
-    /* Checked after every step; nonzero (a signal number) = finish the step,
-     * write a checkpoint, return 128 + the value. */
+    /* Checked after every step, like stop_fn (a flag set by a signal
+     * handler; the library installs none). */
     volatile sig_atomic_t *stop;
+    sd_train_stop_fn stop_fn;
+    void *stop_ctx;
     /* Tests: behave as if *stop were raised once this step is done (0: off). */
     int64_t stop_at;
     sd_train_sample_fn sample;
     void *sample_ctx;
-    bool quiet; /* no progress display */
+    sd_train_progress_fn progress;
+    void *progress_ctx;
+    bool quiet; /* no progress calls */
+    sd_train_log_fn log;
+    void *log_ctx;
+    /* Called after every checkpoint is written (and after that step's sample
+     * grid), unless o->no_report: the CLI refreshes RUN_DIR/report.html
+     * there. A failure is reported as a warning; training goes on. */
+    sd_status (*checkpoint)(void *ctx, const char *run_dir, int64_t step);
+    void *checkpoint_ctx;
 } sd_train_hooks;
 
 /* Exit codes of sd_train_run (the process exit codes of `scorediff train`). */
@@ -124,46 +170,32 @@ typedef struct sd_train_result {
     char sde[256];         /* the resolved noise family */
 } sd_train_result;
 
-/* Run (or, with o->dry_run, describe) a training run. Errors are printed as
- * "scorediff train: ..." on stderr; the return value is the exit code above.
- * For o->resume the caller has merged RUN_DIR/config.json into o
- * (sd_run_config_read) and checked conflicts. res may be NULL. */
-int sd_train_run(const sd_train_opts *o, const sd_train_hooks *h, sd_train_result *res);
+/* Run (or, with o->dry_run, describe) a training run; hooks may be NULL.
+ * Every option is checked against the table's ranges before any work. A
+ * new run (not o->resume) stores o->data resolved to an absolute path, so
+ * that it can be resumed from any directory. Lines go through hooks->log;
+ * the return value is one of the codes above (the error's line is also in
+ * sd_error_message()). For o->resume, call sd_train_resume first. res may
+ * be NULL. */
+int sd_train_run(const sd_train_opts *o, const sd_train_hooks *hooks, sd_train_result *res);
 
-/* cmd_train.c: argv (argv[0] = "train") into o, with defaults; returns 0 or
- * an exit code (2) after printing the error; *help is set by --help. */
-int sd_train_parse_args(int argc, char **argv, sd_train_opts *o, bool *help);
-/* For o->resume: read o->out/config.json, refuse (exit code 2) a given fixed
- * option that differs from the run's, and merge the ones that may change. */
-int sd_train_prepare_resume(sd_train_opts *o);
+/* For o->resume: read o->out/config.json; refuse (SD_ERR_INVALID, naming the
+ * option and both values) a given fixed option that differs from the run's;
+ * otherwise replace o by the stored options, with the given ones that may
+ * change (--steps, --ckpt-every, ...) and o's options that are not stored
+ * (out, dry_run, quiet, max_memory) and given. A changed thread count is
+ * reported through hooks->log. */
+sd_status sd_train_resume(sd_train_opts *o, const sd_train_hooks *hooks);
 
-/* config.json (defined in cmd_train.c, next to the option table): write all
- * of o atomically, plus `extra_json` (an object's members without braces, or
- * NULL), keeping keys of an existing file that o does not set (the first
- * run's "ncsnv2" report); read it back into o (fields only, `given`
- * untouched). */
+/* Every option in its table range (0 allowed where it means "derive it");
+ * SD_ERR_INVALID naming the option otherwise. */
+sd_status sd_train_opts_check(const sd_train_opts *o);
+
+/* config.json: write every option of the table that has a key, atomically,
+ * plus `extra_json` (an object's members without braces, or NULL), keeping
+ * keys of an existing file that o does not set (the first run's "ncsnv2"
+ * report); read it back into o (fields only, `given` untouched). */
 sd_status sd_run_config_write(const char *dir, const sd_train_opts *o, const char *extra_json);
 sd_status sd_run_config_read(const char *dir, sd_train_opts *o);
-
-/* ---- NCSNv2's data-driven choices (Song & Ermon 2020) ---------------------- */
-/* Technique 1: the largest Euclidean distance between two of the n points
- * x [n, D] (exact pairs, Gram-matrix computation with the winner recomputed
- * in double). */
-sd_status sd_ncsnv2_max_distance(const float *x, size_t n, size_t D, double *out);
-/* Technique 2: the ratio gamma = sigma_{i-1} / sigma_i > 1 that solves
- *   Phi(sqrt(2D)(gamma - 1) + 3 gamma) - Phi(sqrt(2D)(gamma - 1) - 3 gamma) = 0.5;
- * 0 if no gamma does (D < 5: the left side then stays above 0.5). */
-double sd_ncsnv2_gamma(size_t D);
-double sd_ncsnv2_criterion(size_t D, double gamma); /* the left side above */
-/* Levels of a geometric ladder from sigma_max down to sigma_min with ratio
- * at most gamma: 1 + ceil(log(sigma_max / sigma_min) / log gamma). */
-int sd_ncsnv2_levels(double sigma_max, double sigma_min, double gamma);
-/* Technique 4: the step size eps of annealed Langevin dynamics (step
- * alpha_i = eps sigma_i^2 / sigma_L^2, T steps per level) that brings
- *   f(eps) = (1 - eps/sL^2)^(2T) (gamma^2 - 2 eps / (sL^2 - sL^2 (1 - eps/sL^2)^2))
- *            + 2 eps / (sL^2 - sL^2 (1 - eps/sL^2)^2)
- * closest to 1 (f > 1 for all eps in (0, sL^2), so: its minimiser). */
-double sd_ncsnv2_step_size(double gamma, double sigma_min, int T);
-double sd_ncsnv2_step_criterion(double gamma, double sigma_min, int T, double eps);
 
 #endif
