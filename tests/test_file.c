@@ -23,37 +23,7 @@
 #include <unistd.h>
 
 #include "sd/file.h"
-
-static char tmpdir[256];
-
-static void make_tmpdir(void)
-{
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/sd_file_test_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
-static void remove_tmpdir(void)
-{
-    chmod(tmpdir, 0755);
-    nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static const char *at(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
+#include "test_tmp.h"
 
 /* Entries of dir whose name contains ".tmp.": the writer's temporary files. */
 static int count_temps(const char *dir)
@@ -121,15 +91,15 @@ static int record(void *ctx, sd_file_stage stage, const char *path, uint64_t byt
 
 START_TEST(test_write_round_trip)
 {
-    make_tmpdir();
-    const char *p = at("a.txt");
+    tu_make_tmpdir("sd_file_test");
+    const char *p = tu_at("a.txt");
     ck_assert_int_eq(sd_file_write_atomic(p, "hello\n", 6), SD_OK);
     assert_content(p, "hello\n");
     ck_assert_int_eq(sd_file_write_atomic(p, "second version\n", 15), SD_OK);
     assert_content(p, "second version\n");
     ck_assert_int_eq(sd_file_write_atomic(p, "", 0), SD_OK); /* an empty file is a file */
     assert_content(p, "");
-    ck_assert_int_eq(count_temps(tmpdir), 0);
+    ck_assert_int_eq(count_temps(tu_tmpdir), 0);
     /* mode 0644 less the umask, as fopen(.., "w") would give */
     mode_t um = umask(022);
     umask(um);
@@ -140,7 +110,7 @@ START_TEST(test_write_round_trip)
     /* streaming: chunks and a stdio stream on the same writer */
     sd_file_writer *w;
     ck_assert_int_eq(sd_file_writer_open(p, &w), SD_OK);
-    ck_assert_int_eq(count_temps(tmpdir), 1);
+    ck_assert_int_eq(count_temps(tu_tmpdir), 1);
     assert_content(p, ""); /* not replaced before commit */
     ck_assert_int_eq(sd_file_writer_write(w, "x,", 2), SD_OK);
     FILE *f = sd_file_writer_stream(w);
@@ -149,35 +119,35 @@ START_TEST(test_write_round_trip)
     ck_assert_int_eq(sd_file_writer_write(w, "end\n", 4), SD_OK);
     ck_assert_int_eq(sd_file_writer_commit(w), SD_OK);
     assert_content(p, "x,42\nend\n");
-    ck_assert_int_eq(count_temps(tmpdir), 0);
-    remove_tmpdir();
+    ck_assert_int_eq(count_temps(tu_tmpdir), 0);
+    tu_remove_tmpdir();
 }
 END_TEST
 
 START_TEST(test_abort_removes_temp)
 {
-    make_tmpdir();
-    const char *p = at("keep.csv");
+    tu_make_tmpdir("sd_file_test");
+    const char *p = tu_at("keep.csv");
     ck_assert_int_eq(sd_file_write_atomic(p, "old\n", 4), SD_OK);
     sd_file_writer *w;
     ck_assert_int_eq(sd_file_writer_open(p, &w), SD_OK);
     ck_assert_int_eq(sd_file_writer_write(w, "new new new\n", 12), SD_OK);
-    ck_assert_int_eq(count_temps(tmpdir), 1);
+    ck_assert_int_eq(count_temps(tu_tmpdir), 1);
     sd_file_writer_abort(w);
-    ck_assert_int_eq(count_temps(tmpdir), 0);
+    ck_assert_int_eq(count_temps(tu_tmpdir), 0);
     assert_content(p, "old\n");
     /* with a stream holding buffered text */
     ck_assert_int_eq(sd_file_writer_open(p, &w), SD_OK);
     fprintf(sd_file_writer_stream(w), "buffered");
     sd_file_writer_abort(w);
-    ck_assert_int_eq(count_temps(tmpdir), 0);
+    ck_assert_int_eq(count_temps(tu_tmpdir), 0);
     assert_content(p, "old\n");
     sd_file_writer_abort(NULL); /* a no-op */
     /* a writer for a new name leaves nothing at all */
-    ck_assert_int_eq(sd_file_writer_open(at("new.csv"), &w), SD_OK);
+    ck_assert_int_eq(sd_file_writer_open(tu_at("new.csv"), &w), SD_OK);
     sd_file_writer_abort(w);
-    ck_assert_int_eq(access(at("new.csv"), F_OK), -1);
-    remove_tmpdir();
+    ck_assert_int_eq(access(tu_at("new.csv"), F_OK), -1);
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -185,8 +155,8 @@ END_TEST
  * file goes; after it the new file is in place and the error is reported. */
 START_TEST(test_commit_failures_keep_old)
 {
-    make_tmpdir();
-    const char *p = at("ckpt.bin");
+    tu_make_tmpdir("sd_file_test");
+    const char *p = tu_at("ckpt.bin");
     const char *old = "old contents\n", *neu = "the new contents, longer than a chunk\n";
     for (int stage = SD_FILE_STAGE_CHUNK; stage <= SD_FILE_STAGE_RENAMED; stage++) {
         ck_assert_int_eq(sd_file_write_atomic(p, old, strlen(old)), SD_OK);
@@ -197,32 +167,32 @@ START_TEST(test_commit_failures_keep_old)
         ck_assert_msg(st == SD_ERR_IO, "stage %s: status %d", sd_file_stage_name(stage), st);
         ASSERT_MSG_HAS(p);
         ASSERT_MSG_HAS(strerror(EIO));
-        ck_assert_int_eq(count_temps(tmpdir), 0);
+        ck_assert_int_eq(count_temps(tu_tmpdir), 0);
         assert_content(p, stage == SD_FILE_STAGE_RENAMED ? neu : old);
         if (stage == SD_FILE_STAGE_CHUNK) ck_assert_uint_eq(r.bytes[r.n - 1], 16);
     }
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
 START_TEST(test_real_failures_keep_old)
 {
-    make_tmpdir();
-    char p[512]; /* at() reuses its buffers */
-    snprintf(p, sizeof p, "%s", at("data.bin"));
+    tu_make_tmpdir("sd_file_test");
+    char p[512]; /* tu_at() reuses its buffers */
+    snprintf(p, sizeof p, "%s", tu_at("data.bin"));
     ck_assert_int_eq(sd_file_write_atomic(p, "old\n", 4), SD_OK);
 
     /* the directory does not exist: the temp file cannot be created */
-    ck_assert_int_eq(sd_file_write_atomic(at("no/such/x.bin"), "x", 1), SD_ERR_IO);
+    ck_assert_int_eq(sd_file_write_atomic(tu_at("no/such/x.bin"), "x", 1), SD_ERR_IO);
     ASSERT_MSG_HAS("no/such/x.bin: cannot create temporary file");
     ASSERT_MSG_HAS(strerror(ENOENT));
 
     /* the target is a directory: everything is written, the rename fails */
-    ck_assert_int_eq(mkdir(at("adir"), 0755), 0);
-    ck_assert_int_eq(sd_file_write_atomic(at("adir"), "x", 1), SD_ERR_IO);
+    ck_assert_int_eq(mkdir(tu_at("adir"), 0755), 0);
+    ck_assert_int_eq(sd_file_write_atomic(tu_at("adir"), "x", 1), SD_ERR_IO);
     ASSERT_MSG_HAS("cannot rename");
     struct stat sb;
-    ck_assert_int_eq(stat(at("adir"), &sb), 0);
+    ck_assert_int_eq(stat(tu_at("adir"), &sb), 0);
     ck_assert(S_ISDIR(sb.st_mode));
 
     /* the file size limit is hit in the middle (EFBIG), through a stream too */
@@ -254,13 +224,13 @@ START_TEST(test_real_failures_keep_old)
 
     /* a read-only directory (root ignores permissions: skipped) */
     if (geteuid() != 0) {
-        ck_assert_int_eq(chmod(tmpdir, 0555), 0);
+        ck_assert_int_eq(chmod(tu_tmpdir, 0555), 0);
         ck_assert_int_eq(sd_file_write_atomic(p, "x", 1), SD_ERR_IO);
-        ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+        ck_assert_int_eq(chmod(tu_tmpdir, 0755), 0);
     }
-    ck_assert_int_eq(count_temps(tmpdir), 0);
+    ck_assert_int_eq(count_temps(tu_tmpdir), 0);
     assert_content(p, "old\n");
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -268,10 +238,10 @@ END_TEST
  * commit stages, in order, with the byte count. */
 START_TEST(test_hook_stages)
 {
-    make_tmpdir();
+    tu_make_tmpdir("sd_file_test");
     rec r = {.fail_stage = -1};
     sd_file_set_fault_hook(record, &r, 7);
-    ck_assert_int_eq(sd_file_write_atomic(at("h.txt"), "0123456789abcdefghij", 20), SD_OK);
+    ck_assert_int_eq(sd_file_write_atomic(tu_at("h.txt"), "0123456789abcdefghij", 20), SD_OK);
     static const uint64_t want_bytes[] = {7, 14, 20, 20, 20, 20};
     static const sd_file_stage want_stage[] = {SD_FILE_STAGE_CHUNK, SD_FILE_STAGE_CHUNK,
                                                SD_FILE_STAGE_CHUNK, SD_FILE_STAGE_WRITTEN,
@@ -284,14 +254,14 @@ START_TEST(test_hook_stages)
     /* without max_chunk a write is one piece; removing the hook stops calls */
     r.n = 0;
     sd_file_set_fault_hook(record, &r, 0);
-    ck_assert_int_eq(sd_file_write_atomic(at("h.txt"), "0123456789abcdefghij", 20), SD_OK);
+    ck_assert_int_eq(sd_file_write_atomic(tu_at("h.txt"), "0123456789abcdefghij", 20), SD_OK);
     ck_assert_int_eq(r.n, 4);
     sd_file_set_fault_hook(NULL, NULL, 0);
     r.n = 0;
-    ck_assert_int_eq(sd_file_write_atomic(at("h.txt"), "x", 1), SD_OK);
+    ck_assert_int_eq(sd_file_write_atomic(tu_at("h.txt"), "x", 1), SD_OK);
     ck_assert_int_eq(r.n, 0);
     ck_assert_str_eq(sd_file_stage_name(SD_FILE_STAGE_RENAMED), "renamed");
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -299,8 +269,8 @@ END_TEST
 
 START_TEST(test_read_cap)
 {
-    make_tmpdir();
-    const char *p = at("r.json");
+    tu_make_tmpdir("sd_file_test");
+    const char *p = tu_at("r.json");
     char text[101];
     memset(text, 'a', 100);
     text[100] = '\0';
@@ -321,10 +291,10 @@ START_TEST(test_read_cap)
     ck_assert_uint_eq(len, 0);
     ck_assert_str_eq(buf, "");
     sd_free(buf);
-    ck_assert_int_eq(sd_file_read_all(at("missing.json"), 10, &buf, &len), SD_ERR_IO);
+    ck_assert_int_eq(sd_file_read_all(tu_at("missing.json"), 10, &buf, &len), SD_ERR_IO);
     ASSERT_MSG_HAS("missing.json: cannot open: ");
     ASSERT_MSG_HAS(strerror(ENOENT));
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -332,8 +302,8 @@ END_TEST
  * suite's meson timeout then fails it); the layer refuses it at once. */
 START_TEST(test_fifo_and_directory_refused)
 {
-    make_tmpdir();
-    const char *fifo = at("pipe.csv");
+    tu_make_tmpdir("sd_file_test");
+    const char *fifo = tu_at("pipe.csv");
     ck_assert_int_eq(mkfifo(fifo, 0644), 0);
     char *buf;
     size_t len;
@@ -348,7 +318,7 @@ START_TEST(test_fifo_and_directory_refused)
     ck_assert_ptr_null(f);
     ASSERT_MSG_HAS("pipe.csv: not a regular file");
 
-    ck_assert_int_eq(sd_file_read_all(tmpdir, 1 << 20, &buf, &len), SD_ERR_IO);
+    ck_assert_int_eq(sd_file_read_all(tu_tmpdir, 1 << 20, &buf, &len), SD_ERR_IO);
     ASSERT_MSG_HAS("not a regular file");
     ck_assert_int_eq(sd_file_fopen_read("/dev/null", &f), SD_ERR_IO);
     ASSERT_MSG_HAS("/dev/null: not a regular file");
@@ -359,22 +329,22 @@ START_TEST(test_fifo_and_directory_refused)
     struct stat sb;
     ck_assert_int_eq(stat(fifo, &sb), 0);
     ck_assert(S_ISFIFO(sb.st_mode));
-    ck_assert_int_eq(count_temps(tmpdir), 0);
+    ck_assert_int_eq(count_temps(tu_tmpdir), 0);
 
     /* a regular file: the descriptor blocks again (O_NONBLOCK cleared) */
-    ck_assert_int_eq(sd_file_write_atomic(at("ok.txt"), "abc", 3), SD_OK);
+    ck_assert_int_eq(sd_file_write_atomic(tu_at("ok.txt"), "abc", 3), SD_OK);
     uint64_t size = 0;
-    ck_assert_int_eq(sd_file_open_read(at("ok.txt"), &fd, &size), SD_OK);
+    ck_assert_int_eq(sd_file_open_read(tu_at("ok.txt"), &fd, &size), SD_OK);
     ck_assert_uint_eq(size, 3);
     ck_assert_int_eq(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
     ck_assert_int_ne(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
     close(fd);
-    ck_assert_int_eq(sd_file_fopen_read(at("ok.txt"), &f), SD_OK);
+    ck_assert_int_eq(sd_file_fopen_read(tu_at("ok.txt"), &f), SD_OK);
     char got[8] = {0};
     ck_assert_uint_eq(fread(got, 1, sizeof got, f), 3);
     fclose(f);
     ck_assert_str_eq(got, "abc");
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 

@@ -31,53 +31,11 @@
 #include "report.h"
 #include "sd/data.h"
 #include "sd/rng.h"
+#include "test_tmp.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static char tmpdir[256];
 static bool chromium_missing;
-
-static void make_tmpdir(void)
-{
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/sd_report_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
-static void remove_tmpdir(void) { nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static const char *at(const char *name)
-{
-    static char buf[8][512];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
-static char *read_all(const char *path, size_t *len)
-{
-    if (len) *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert_ptr_nonnull(buf);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = '\0';
-    if (len) *len = got;
-    return buf;
-}
 
 static void write_text(const char *path, const char *text)
 {
@@ -95,7 +53,7 @@ static size_t count(const char *hay, const char *needle)
 }
 
 /* Runs argv (NULL-terminated; argv[0] a path) with stdout and stderr into
- * tmpdir/out.txt and err.txt, which cap_out / cap_err then hold. */
+ * tu_tmpdir/out.txt and err.txt, which cap_out / cap_err then hold. */
 static char *cap_out, *cap_err;
 
 static int run_argv(char *const argv[])
@@ -105,12 +63,12 @@ static int run_argv(char *const argv[])
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        int fo = open(at("out.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int fe = open(at("err.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fo = open(tu_at("out.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fe = open(tu_at("err.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fo < 0 || fe < 0) _exit(126);
         dup2(fo, 1);
         dup2(fe, 2);
-        setenv("HOME", tmpdir, 1); /* chromium's profile and caches stay in tmpdir */
+        setenv("HOME", tu_tmpdir, 1); /* chromium's profile and caches stay in tu_tmpdir */
         execv(argv[0], argv);
         _exit(127);
     }
@@ -118,8 +76,8 @@ static int run_argv(char *const argv[])
     ck_assert_int_eq(waitpid(pid, &status, 0), pid);
     free(cap_out);
     free(cap_err);
-    cap_out = read_all(at("out.txt"), NULL);
-    cap_err = read_all(at("err.txt"), NULL);
+    cap_out = tu_read_all(tu_at("out.txt"), NULL);
+    cap_err = tu_read_all(tu_at("err.txt"), NULL);
     ck_assert(cap_out && cap_err);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
@@ -175,7 +133,7 @@ static void write_pngs(const char *dir, int n)
 /* Data rows of a CSV file (lines after the header), counted here. */
 static int csv_rows(const char *path)
 {
-    char *t = read_all(path, NULL);
+    char *t = tu_read_all(path, NULL);
     ck_assert_msg(t != NULL, "no %s", path);
     int n = (int)count(t, "\n") - 1;
     free(t);
@@ -345,7 +303,7 @@ static char *check_page(const char *run_dir, int rows, int grids)
 {
     char path[600];
     snprintf(path, sizeof path, "%s/report.html", run_dir);
-    char *html = read_all(path, NULL);
+    char *html = tu_read_all(path, NULL);
     ck_assert_msg(html != NULL, "no %s", path);
     int n_svg, n_img, n_path;
     const char *bad = check_wellformed(html, &n_svg, &n_img, &n_path);
@@ -395,27 +353,27 @@ static const unsigned char *b64_decode(const char *s, size_t *n)
 
 START_TEST(test_points_run)
 {
-    make_tmpdir();
-    write_points(at("pts.csv"), 200);
-    ck_assert_int_eq(sd_run("train", "--data", at("pts.csv"), "--model", "mlp", "--steps", "30",
-                            "--threads", "1", "--quiet", "--out", at("R"), NULL), 0);
+    tu_make_tmpdir("sd_report");
+    write_points(tu_at("pts.csv"), 200);
+    ck_assert_int_eq(sd_run("train", "--data", tu_at("pts.csv"), "--model", "mlp", "--steps", "30",
+                            "--threads", "1", "--quiet", "--out", tu_at("R"), NULL), 0);
     /* a loglik summary as stdout redirected into a CSV ('#' lines) */
-    ck_assert_int_eq(sd_run("loglik", "--ckpt", at("R"), "--data", at("pts.csv"), "--method",
+    ck_assert_int_eq(sd_run("loglik", "--ckpt", tu_at("R"), "--data", tu_at("pts.csv"), "--method",
                             "elbo", "--K", "1", "--steps", "10", "--limit", "8", "--quiet", NULL),
                      0);
     ck_assert(strstr(cap_out, "# log p:"));
-    write_text(at("R/loglik_points.csv"), cap_out);
+    write_text(tu_at("R/loglik_points.csv"), cap_out);
     const char *lp = strstr(cap_out, "# log p:") + 8;
     while (*lp == ' ') lp++;
     char logp[32];
     snprintf(logp, sizeof logp, "%.*s", (int)strcspn(lp, " "), lp);
 
-    ck_assert_int_eq(sd_run("report", at("R"), NULL), 0);
+    ck_assert_int_eq(sd_run("report", tu_at("R"), NULL), 0);
     ck_assert_msg(strstr(cap_out, "report.html: 5 plots (30 metrics rows), 0 sample grids, 1 "
                                   "likelihood"), "%s", cap_out);
-    int rows = csv_rows(at("R/metrics.csv"));
+    int rows = csv_rows(tu_at("R/metrics.csv"));
     ck_assert_int_eq(rows, 30);
-    char *html = check_page(at("R"), rows, 0);
+    char *html = check_page(tu_at("R"), rows, 0);
     ck_assert_msg(strstr(html, "<h3>loglik_points.csv</h3>") && strstr(html, logp),
                   "likelihood summary %s missing", logp);
     ck_assert(strstr(html, "<tr><th>model</th><td>mlp</td></tr>"));
@@ -423,7 +381,7 @@ START_TEST(test_points_run)
     ck_assert(strstr(html, "step 30 of 30"));
     ck_assert(!strstr(html, "id=\"notes\"")); /* nothing missing */
     free(html);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -431,50 +389,50 @@ END_TEST
  * with the metrics rows written so far; --no-report leaves it alone. */
 START_TEST(test_train_refreshes_report)
 {
-    make_tmpdir();
-    write_points(at("pts.csv"), 200);
-    ck_assert_int_eq(sd_run("train", "--data", at("pts.csv"), "--model", "mlp", "--steps", "12",
-                            "--ckpt-every", "5", "--threads", "1", "--quiet", "--out", at("R"),
+    tu_make_tmpdir("sd_report");
+    write_points(tu_at("pts.csv"), 200);
+    ck_assert_int_eq(sd_run("train", "--data", tu_at("pts.csv"), "--model", "mlp", "--steps", "12",
+                            "--ckpt-every", "5", "--threads", "1", "--quiet", "--out", tu_at("R"),
                             NULL), 0);
     /* the last refresh followed the final checkpoint (step 12): all rows */
-    char *html = check_page(at("R"), 12, 0);
+    char *html = check_page(tu_at("R"), 12, 0);
     ck_assert(strstr(html, "step 12 of 12"));
     free(html);
-    ck_assert_int_eq(sd_run("train", "--data", at("pts.csv"), "--model", "mlp", "--steps", "6",
-                            "--threads", "1", "--quiet", "--no-report", "--out", at("N"), NULL),
+    ck_assert_int_eq(sd_run("train", "--data", tu_at("pts.csv"), "--model", "mlp", "--steps", "6",
+                            "--threads", "1", "--quiet", "--no-report", "--out", tu_at("N"), NULL),
                      0);
-    ck_assert_int_eq(access(at("N/report.html"), F_OK), -1);
-    ck_assert_int_eq(access(at("N/checkpoint.safetensors"), F_OK), 0);
-    remove_tmpdir();
+    ck_assert_int_eq(access(tu_at("N/report.html"), F_OK), -1);
+    ck_assert_int_eq(access(tu_at("N/checkpoint.safetensors"), F_OK), 0);
+    tu_remove_tmpdir();
 }
 END_TEST
 
 START_TEST(test_image_run_grids)
 {
-    make_tmpdir();
-    write_pngs(at("imgs"), 10);
-    ck_assert_int_eq(sd_run("train", "--data", at("imgs"), "--out", at("I"), "--model", "unet",
+    tu_make_tmpdir("sd_report");
+    write_pngs(tu_at("imgs"), 10);
+    ck_assert_int_eq(sd_run("train", "--data", tu_at("imgs"), "--out", tu_at("I"), "--model", "unet",
                             "--ch", "8", "--mult", "1,2", "--num-res-blocks", "1", "--steps", "6",
                             "--batch", "4", "--ckpt-every", "3", "--threads", "1", "--sde", "ncsn",
                             "--sample-every", "2", "--quiet", NULL), 0);
     /* the quick start's layout: loglik.txt (stdout and stderr through tee)
      * one level up from the run directory */
-    ck_assert_int_eq(sd_run("loglik", "--ckpt", at("I"), "--data", at("imgs"), "--method", "elbo",
-                            "--K", "1", "--steps", "5", "--limit", "2", "--out", at("loglik.csv"),
+    ck_assert_int_eq(sd_run("loglik", "--ckpt", tu_at("I"), "--data", tu_at("imgs"), "--method", "elbo",
+                            "--K", "1", "--steps", "5", "--limit", "2", "--out", tu_at("loglik.csv"),
                             NULL), 0);
     char *txt = malloc(strlen(cap_err) + strlen(cap_out) + 1);
     strcpy(txt, cap_err);
     strcat(txt, cap_out);
-    write_text(at("loglik.txt"), txt);
+    write_text(tu_at("loglik.txt"), txt);
     free(txt);
     /* in process: the call train makes at a checkpoint */
     sd_report_stats st;
-    ck_assert_int_eq(sd_report_write(at("I"), &st), SD_OK);
+    ck_assert_int_eq(sd_report_write(tu_at("I"), &st), SD_OK);
     ck_assert_int_eq(st.grids, 3);
     ck_assert_int_eq(st.plots, 5);
     ck_assert_int_eq(st.likelihoods, 2); /* ../loglik.csv (rows), ../loglik.txt */
     ck_assert_int_eq(st.problems, 0);
-    char *html = check_page(at("I"), csv_rows(at("I/metrics.csv")), 3);
+    char *html = check_page(tu_at("I"), csv_rows(tu_at("I/metrics.csv")), 3);
     ck_assert(strstr(html, "<h3>../loglik.txt</h3>") && strstr(html, "<h3>../loglik.csv</h3>"));
     ck_assert(strstr(html, "<th>bits/dim:</th>"));
     /* grids in step order, each the grid file byte for byte, decoding to its size */
@@ -492,7 +450,7 @@ START_TEST(test_image_run_grids)
         const unsigned char *png = b64_decode(uri + 27, &n);
         snprintf(name, sizeof name, "I/samples/step_%06d.png", step);
         size_t flen;
-        char *file = read_all(at(name), &flen);
+        char *file = tu_read_all(tu_at(name), &flen);
         ck_assert_ptr_nonnull(file);
         ck_assert_int_eq(n, flen);
         ck_assert(memcmp(png, file, n) == 0);
@@ -509,7 +467,7 @@ START_TEST(test_image_run_grids)
         free(file);
     }
     free(html);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -517,9 +475,9 @@ END_TEST
  * log scale, non-finite rows left out, the same page twice. */
 START_TEST(test_long_run_downsampled)
 {
-    make_tmpdir();
-    mkdir(at("L"), 0755);
-    FILE *f = fopen(at("L/metrics.csv"), "w");
+    tu_make_tmpdir("sd_report");
+    mkdir(tu_at("L"), 0755);
+    FILE *f = fopen(tu_at("L/metrics.csv"), "w");
     ck_assert_ptr_nonnull(f);
     fprintf(f, "step,loss,running_loss,grad_norm,lr,images_per_s,elapsed_s,extra_col\n");
     for (int s = 1; s <= 5000; s++) {
@@ -531,8 +489,8 @@ START_TEST(test_long_run_downsampled)
                     s % 7);
     }
     fclose(f);
-    ck_assert_int_eq(sd_run("report", at("L"), NULL), 0);
-    char *html = read_all(at("L/report.html"), NULL);
+    ck_assert_int_eq(sd_run("report", tu_at("L"), NULL), 0);
+    char *html = tu_read_all(tu_at("L/report.html"), NULL);
     ck_assert_ptr_nonnull(html);
     int n_svg, n_img, n_path;
     const char *bad = check_wellformed(html, &n_svg, &n_img, &n_path);
@@ -556,47 +514,47 @@ START_TEST(test_long_run_downsampled)
     fig = strstr(html, "<figure id=\"plot-lr\"");
     ck_assert(strstr(fig, "(log scale)") > strstr(fig, "</figure>") || !strstr(fig, "(log scale)"));
     /* deterministic */
-    ck_assert_int_eq(sd_run("report", at("L"), NULL), 0);
-    char *again = read_all(at("L/report.html"), NULL);
+    ck_assert_int_eq(sd_run("report", tu_at("L"), NULL), 0);
+    char *again = tu_read_all(tu_at("L/report.html"), NULL);
     ck_assert_str_eq(html, again);
     free(again);
     free(html);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
 START_TEST(test_bad_input)
 {
-    make_tmpdir();
+    tu_make_tmpdir("sd_report");
     ck_assert_int_eq(sd_run("report", "--help", NULL), 0);
     ck_assert(strstr(cap_out, "usage: scorediff report RUN_DIR"));
     ck_assert_int_eq(sd_run("--help", NULL), 0);
     ck_assert(strstr(cap_out, "report "));
     /* not a run directory: exit 2, one line naming it */
-    mkdir(at("empty"), 0755);
+    mkdir(tu_at("empty"), 0755);
     const char *cases[][2] = {{"empty", "not a run directory"},
                               {"nonexistent", "No such file"},
                               {"empty", NULL}};
-    write_text(at("file"), "x");
+    write_text(tu_at("file"), "x");
     cases[2][0] = "file";
     cases[2][1] = "not a directory";
     for (int k = 0; k < 3; k++) {
-        ck_assert_int_eq(sd_run("report", at(cases[k][0]), NULL), 2);
+        ck_assert_int_eq(sd_run("report", tu_at(cases[k][0]), NULL), 2);
         ck_assert_msg(strstr(cap_err, "scorediff report: ") && strstr(cap_err, cases[k][1]) &&
-                          strstr(cap_err, at(cases[k][0])) && count(cap_err, "\n") == 1,
+                          strstr(cap_err, tu_at(cases[k][0])) && count(cap_err, "\n") == 1,
                       "%s", cap_err);
     }
     ck_assert_int_eq(sd_run("report", NULL), 2);
-    ck_assert_int_eq(sd_run("report", at("empty"), "--bogus", NULL), 2);
+    ck_assert_int_eq(sd_run("report", tu_at("empty"), "--bogus", NULL), 2);
     ck_assert_int_eq(count(cap_err, "\n"), 1);
 
     /* garbled config.json and metrics.csv: a page that says so */
-    mkdir(at("G"), 0755);
-    write_text(at("G/config.json"), "{\"steps\": 30, oops");
-    write_text(at("G/metrics.csv"), "hello,world\n1,2\n");
-    ck_assert_int_eq(sd_run("report", at("G"), NULL), 0);
+    mkdir(tu_at("G"), 0755);
+    write_text(tu_at("G/config.json"), "{\"steps\": 30, oops");
+    write_text(tu_at("G/metrics.csv"), "hello,world\n1,2\n");
+    ck_assert_int_eq(sd_run("report", tu_at("G"), NULL), 0);
     ck_assert(strstr(cap_out, "some inputs missing or malformed"));
-    char *html = read_all(at("G/report.html"), NULL);
+    char *html = tu_read_all(tu_at("G/report.html"), NULL);
     int n_svg, n_img, n_path;
     const char *bad = check_wellformed(html, &n_svg, &n_img, &n_path);
     ck_assert_msg(bad == NULL, "%s", bad);
@@ -606,18 +564,18 @@ START_TEST(test_bad_input)
     free(html);
 
     /* a checkpoint only; then metrics with bad rows and a row being written */
-    mkdir(at("C"), 0755);
-    write_text(at("C/checkpoint.safetensors"), "");
-    ck_assert_int_eq(sd_run("report", at("C"), NULL), 0);
-    html = read_all(at("C/report.html"), NULL);
+    mkdir(tu_at("C"), 0755);
+    write_text(tu_at("C/checkpoint.safetensors"), "");
+    ck_assert_int_eq(sd_run("report", tu_at("C"), NULL), 0);
+    html = tu_read_all(tu_at("C/report.html"), NULL);
     ck_assert(strstr(html, "metrics.csv: missing") && strstr(html, "config.json: missing"));
     free(html);
-    write_text(at("C/metrics.csv"),
+    write_text(tu_at("C/metrics.csv"),
                "step,loss,running_loss,grad_norm,lr,images_per_s,elapsed_s\n"
                "1,1,1,1,0.1,10,0.1\n2,0.5,0.7,1,0.1,10,0.2\n3,x,1,1,0.1,10,0.3\n"
                "4,0.4,0.6\n5,0.3,0.5,1,0.1,10,0.5\n6,0.2,0.4,1,0.");
-    ck_assert_int_eq(sd_run("report", at("C"), NULL), 0);
-    html = read_all(at("C/report.html"), NULL);
+    ck_assert_int_eq(sd_run("report", tu_at("C"), NULL), 0);
+    html = tu_read_all(tu_at("C/report.html"), NULL);
     bad = check_wellformed(html, &n_svg, &n_img, &n_path);
     ck_assert_msg(bad == NULL, "%s", bad);
     ck_assert(strstr(html, "metrics.csv: 2 malformed rows left out (the first at line 4)"));
@@ -627,13 +585,13 @@ START_TEST(test_bad_input)
     ck_assert_int_eq(s.cmds, 3);
     free(html);
     /* a header without the usual columns: the missing plots are named */
-    write_text(at("C/metrics.csv"), "step,loss\n1,2\n2,1\n");
-    ck_assert_int_eq(sd_run("report", at("C"), NULL), 0);
-    html = read_all(at("C/report.html"), NULL);
+    write_text(tu_at("C/metrics.csv"), "step,loss\n1,2\n2,1\n");
+    ck_assert_int_eq(sd_run("report", tu_at("C"), NULL), 0);
+    html = tu_read_all(tu_at("C/report.html"), NULL);
     ck_assert(strstr(html, "metrics.csv: no column &#39;grad_norm&#39;"));
     ck_assert_int_eq(count(html, "<svg"), 1);
     free(html);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -664,17 +622,17 @@ START_TEST(test_chromium_renders)
         chromium_missing = true;
         return;
     }
-    make_tmpdir();
-    write_pngs(at("imgs"), 10);
-    ck_assert_int_eq(sd_run("train", "--data", at("imgs"), "--out", at("I"), "--model", "unet",
+    tu_make_tmpdir("sd_report");
+    write_pngs(tu_at("imgs"), 10);
+    ck_assert_int_eq(sd_run("train", "--data", tu_at("imgs"), "--out", tu_at("I"), "--model", "unet",
                             "--ch", "8", "--mult", "1,2", "--num-res-blocks", "1", "--steps", "6",
                             "--batch", "4", "--ckpt-every", "3", "--threads", "1", "--sde", "ncsn",
                             "--sample-every", "3", "--quiet", NULL), 0);
-    ck_assert_int_eq(sd_run("report", at("I"), NULL), 0);
+    ck_assert_int_eq(sd_run("report", tu_at("I"), NULL), 0);
     char url[600], shot[600], profile[600];
-    snprintf(url, sizeof url, "file://%s", at("I/report.html"));
-    snprintf(shot, sizeof shot, "--screenshot=%s", at("shot.png"));
-    snprintf(profile, sizeof profile, "--user-data-dir=%s", at("chrome"));
+    snprintf(url, sizeof url, "file://%s", tu_at("I/report.html"));
+    snprintf(shot, sizeof shot, "--screenshot=%s", tu_at("shot.png"));
+    snprintf(profile, sizeof profile, "--user-data-dir=%s", tu_at("chrome"));
     /* --no-sandbox: CI runs as root; --disable-dev-shm-usage: containers with a small /dev/shm */
     char *common[] = {(char *)chromium, "--headless", "--no-sandbox", "--disable-gpu",
                       "--disable-dev-shm-usage",
@@ -694,7 +652,7 @@ START_TEST(test_chromium_renders)
     ck_assert_int_eq(count(cap_out, "src=\"data:image/png;base64,"), 2);
     /* the screenshot: its size, and not blank: plot lines (blue) and grids */
     size_t n;
-    char *png = read_all(at("shot.png"), &n);
+    char *png = tu_read_all(tu_at("shot.png"), &n);
     ck_assert_msg(png != NULL, "no screenshot: %s", cap_err);
     sd_image img;
     ck_assert_int_eq(sd_image_decode((const uint8_t *)png, n, &img), SD_OK);
@@ -715,7 +673,7 @@ START_TEST(test_chromium_renders)
     ck_assert_msg(nonwhite > total / 50, "only %zu non-white pixels", nonwhite);
     ck_assert_msg(blue > 2000, "only %zu plot-line pixels", blue);
     ck_assert_msg(gray > 20000, "only %zu gray pixels (grids, text)", gray);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 

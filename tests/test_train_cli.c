@@ -40,51 +40,9 @@
 #include "sd/safetensors.h"
 #include "ncsnv2.h"
 #include "train_run.h"
+#include "test_tmp.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
-
-static char tmpdir[256];
-
-static void make_tmpdir(void)
-{
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/sd_train_cli_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
-static void remove_tmpdir(void) { nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static const char *at(const char *name)
-{
-    static char buf[8][512];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
-static char *read_all(const char *path, size_t *len)
-{
-    if (len) *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = '\0';
-    if (len) *len = got;
-    return buf;
-}
 
 static void write_text(const char *path, const char *text)
 {
@@ -105,8 +63,8 @@ static void capture_begin(void)
     fflush(stderr);
     save_err = dup(2);
     save_out = dup(1);
-    int fe = open(at("stderr.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int fo = open(at("stdout.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fe = open(tu_at("stderr.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fo = open(tu_at("stdout.txt"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fe, 2);
     dup2(fo, 1);
     close(fe);
@@ -121,7 +79,7 @@ static void capture_end(void)
     dup2(save_out, 1);
     close(save_err);
     close(save_out);
-    char *e = read_all(at("stderr.txt"), NULL), *o = read_all(at("stdout.txt"), NULL);
+    char *e = tu_read_all(tu_at("stderr.txt"), NULL), *o = tu_read_all(tu_at("stdout.txt"), NULL);
     snprintf(cap_err, sizeof cap_err, "%s", e ? e : "");
     snprintf(cap_out, sizeof cap_out, "%s", o ? o : "");
     free(e);
@@ -193,7 +151,7 @@ static char *metrics_det(const char *run_dir, int *rows)
 {
     char path[600];
     snprintf(path, sizeof path, "%s/metrics.csv", run_dir);
-    char *all = read_all(path, NULL);
+    char *all = tu_read_all(path, NULL);
     ck_assert_msg(all != NULL, "no %s", path);
     char *out = malloc(strlen(all) + 1), *o = out;
     *rows = -1; /* header */
@@ -241,7 +199,7 @@ static int64_t ckpt_step(const char *run_dir)
 static bool same_file(const char *a, const char *b)
 {
     size_t la, lb;
-    char *x = read_all(a, &la), *y = read_all(b, &lb);
+    char *x = tu_read_all(a, &la), *y = tu_read_all(b, &lb);
     bool same = x && y && la == lb && memcmp(x, y, la) == 0;
     free(x);
     free(y);
@@ -272,38 +230,38 @@ static void small_opts(sd_train_opts *o, const char *data, const char *out,
 static void check_resume(const char *data, const char *const *extra)
 {
     sd_train_opts o;
-    small_opts(&o, data, at("full"), extra);
+    small_opts(&o, data, tu_at("full"), extra);
     ck_assert_int_eq(run_loop(&o, &(sd_train_hooks){.quiet = true}, NULL), 0);
 
-    small_opts(&o, data, at("part"), extra);
+    small_opts(&o, data, tu_at("part"), extra);
     sd_train_result res;
     int rc = run_loop(&o, &(sd_train_hooks){.quiet = true, .stop_at = 15}, &res);
     ck_assert_int_eq(rc, 130);
     ck_assert_msg(strstr(cap_err, "interrupted (SIGINT) after step 15 of 40"), "%s", cap_err);
     ck_assert_int_eq(res.step, 15);
-    ck_assert_int_eq(ckpt_step(at("part")), 15);
-    FILE *f = fopen(at("part/metrics.csv"), "a");
+    ck_assert_int_eq(ckpt_step(tu_at("part")), 15);
+    FILE *f = fopen(tu_at("part/metrics.csv"), "a");
     fputs("16,123.5,1,1,1,1,1\n", f);
     fclose(f);
 
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", at("part"), "--quiet", NULL), 0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", tu_at("part"), "--quiet", NULL), 0);
     int ra, rb;
-    char *a = metrics_det(at("full"), &ra), *b = metrics_det(at("part"), &rb);
+    char *a = metrics_det(tu_at("full"), &ra), *b = metrics_det(tu_at("part"), &rb);
     ck_assert_int_eq(ra, 40);
     ck_assert_int_eq(rb, 40);
     assert_same_rows(a, b);
     free(a);
     free(b);
-    ck_assert_msg(same_file(at("full/checkpoint.safetensors"), at("part/checkpoint.safetensors")),
+    ck_assert_msg(same_file(tu_at("full/checkpoint.safetensors"), tu_at("part/checkpoint.safetensors")),
                   "final checkpoints differ");
 }
 
 START_TEST(test_resume_points)
 {
-    make_tmpdir();
-    write_points(at("pts.csv"), 300, 1.0);
-    check_resume(at("pts.csv"), NULL);
-    remove_tmpdir();
+    tu_make_tmpdir("sd_train_cli");
+    write_points(tu_at("pts.csv"), 300, 1.0);
+    check_resume(tu_at("pts.csv"), NULL);
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -311,12 +269,12 @@ END_TEST
  * transform of vp all have to line up after a resume. */
 START_TEST(test_resume_images)
 {
-    make_tmpdir();
-    write_pngs(at("imgs"), 12, 8, 8);
+    tu_make_tmpdir("sd_train_cli");
+    write_pngs(tu_at("imgs"), 12, 8, 8);
     const char *extra[] = {"--model", "unet", "--ch", "8", "--mult", "1,2", "--num-res-blocks",
                            "1", "--flip", "--sde", "vp", NULL};
-    check_resume(at("imgs"), extra);
-    remove_tmpdir();
+    check_resume(tu_at("imgs"), extra);
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -339,7 +297,7 @@ static const char *scorediff_bin(void)
 
 static int count_lines(const char *path)
 {
-    char *s = read_all(path, NULL);
+    char *s = tu_read_all(path, NULL);
     int n = 0;
     for (char *c = s; c && *c; c++) n += *c == '\n';
     free(s);
@@ -354,7 +312,7 @@ static int count_lines(const char *path)
 static int run_and_signal(char *const argv[], const char *metrics, int rows, int sig)
 {
     char err_path[600];
-    snprintf(err_path, sizeof err_path, "%s", at("signal_stderr.txt"));
+    snprintf(err_path, sizeof err_path, "%s", tu_at("signal_stderr.txt"));
     fflush(NULL);
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
@@ -369,7 +327,7 @@ static int run_and_signal(char *const argv[], const char *metrics, int rows, int
         pid_t w = waitpid(pid, &status, WNOHANG);
         ck_assert_int_ge(w, 0);
         if (w == pid) {
-            char *err = read_all(err_path, NULL);
+            char *err = tu_read_all(err_path, NULL);
             ck_abort_msg("train exited (status 0x%x) before %s had %d rows: %s", status, metrics,
                          rows, err ? err : "");
         }
@@ -383,38 +341,38 @@ static int run_and_signal(char *const argv[], const char *metrics, int rows, int
 
 START_TEST(test_resume_signals)
 {
-    make_tmpdir();
-    write_points(at("pts.csv"), 300, 1.0);
+    tu_make_tmpdir("sd_train_cli");
+    write_points(tu_at("pts.csv"), 300, 1.0);
     const char *bin = scorediff_bin();
     ck_assert_msg(access(bin, X_OK) == 0, "%s is not executable", bin);
     /* A long run (warm-up given, so the schedule does not depend on the
      * total), interrupted by SIGTERM and then by SIGINT. */
-    char *argv1[] = {(char *)bin, "train", "--data", (char *)at("pts.csv"), "--out",
-                     (char *)at("sig"), "--steps", "100000", "--warmup", "20", "--batch", "16",
+    char *argv1[] = {(char *)bin, "train", "--data", (char *)tu_at("pts.csv"), "--out",
+                     (char *)tu_at("sig"), "--steps", "100000", "--warmup", "20", "--batch", "16",
                      "--ckpt-every", "7", "--threads", "1", "--seed", "3", NULL};
-    ck_assert_int_eq(run_and_signal(argv1, at("sig/metrics.csv"), 10, SIGTERM), 143);
-    int64_t k1 = ckpt_step(at("sig"));
-    char *argv2[] = {(char *)bin, "train", "--resume", (char *)at("sig"), NULL};
-    ck_assert_int_eq(run_and_signal(argv2, at("sig/metrics.csv"), (int)k1 + 10, SIGINT), 130);
-    int64_t k2 = ckpt_step(at("sig"));
+    ck_assert_int_eq(run_and_signal(argv1, tu_at("sig/metrics.csv"), 10, SIGTERM), 143);
+    int64_t k1 = ckpt_step(tu_at("sig"));
+    char *argv2[] = {(char *)bin, "train", "--resume", (char *)tu_at("sig"), NULL};
+    ck_assert_int_eq(run_and_signal(argv2, tu_at("sig/metrics.csv"), (int)k1 + 10, SIGINT), 130);
+    int64_t k2 = ckpt_step(tu_at("sig"));
     ck_assert_int_gt(k1, 0);
     ck_assert_int_gt(k2, k1);
     /* finish at k2 + 5 in process; compare with one uninterrupted run */
     char total[32];
     snprintf(total, sizeof total, "%lld", (long long)k2 + 5);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", at("sig"), "--steps", total,
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", tu_at("sig"), "--steps", total,
                              "--quiet", NULL), 0);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("ref"),
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("pts.csv"), "--out", tu_at("ref"),
                              "--steps", total, "--warmup", "20", "--batch", "16", "--threads", "1",
                              "--seed", "3", "--quiet", NULL), 0);
     int ra, rb;
-    char *a = metrics_det(at("ref"), &ra), *b = metrics_det(at("sig"), &rb);
+    char *a = metrics_det(tu_at("ref"), &ra), *b = metrics_det(tu_at("sig"), &rb);
     ck_assert_int_eq(ra, k2 + 5);
     ck_assert_int_eq(rb, k2 + 5);
     assert_same_rows(a, b);
     free(a);
     free(b);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -422,38 +380,38 @@ END_TEST
 
 START_TEST(test_nan_keeps_checkpoint)
 {
-    make_tmpdir();
-    write_points(at("pts.csv"), 200, 1.0);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+    tu_make_tmpdir("sd_train_cli");
+    write_points(tu_at("pts.csv"), 200, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("pts.csv"), "--out", tu_at("r"),
                              "--steps", "10", "--ckpt-every", "5", "--batch", "16", "--threads",
                              "1", "--sde", "ve:sigma_max=5", "--quiet", NULL), 0);
     size_t len;
-    char *before = read_all(at("r/checkpoint.safetensors"), &len);
+    char *before = tu_read_all(tu_at("r/checkpoint.safetensors"), &len);
     /* The same file now holds points of 1e30: the next step's loss
      * overflows. */
-    write_points(at("pts.csv"), 200, 1e30);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", at("r"), "--steps", "20",
+    write_points(tu_at("pts.csv"), 200, 1e30);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", tu_at("r"), "--steps", "20",
                              "--quiet", NULL), 1);
     ck_assert_msg(strstr(cap_err, "at step 11") && strstr(cap_err, "untouched"), "%s", cap_err);
     size_t len2;
-    char *after = read_all(at("r/checkpoint.safetensors"), &len2);
+    char *after = tu_read_all(tu_at("r/checkpoint.safetensors"), &len2);
     ck_assert(len == len2 && memcmp(before, after, len) == 0);
     free(before);
     free(after);
     int rows;
-    free(metrics_det(at("r"), &rows));
+    free(metrics_det(tu_at("r"), &rows));
     ck_assert_int_eq(rows, 10);
 
     /* A learning rate of 1e30: Adam's first step moves every weight by ~1e30
      * and the second forward pass overflows. The checkpoint of step 1 stays. */
-    write_points(at("pts2.csv"), 200, 1.0);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts2.csv"), "--out", at("lr"),
+    write_points(tu_at("pts2.csv"), 200, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("pts2.csv"), "--out", tu_at("lr"),
                              "--steps", "10", "--ckpt-every", "1", "--lr", "1e30", "--warmup",
                              "0", "--batch", "16", "--threads", "1", "--sde", "ve:sigma_max=5",
                              "--quiet", NULL), 1);
     ck_assert_msg(strstr(cap_err, "at step 2;"), "%s", cap_err);
-    ck_assert_int_eq(ckpt_step(at("lr")), 1);
-    remove_tmpdir();
+    ck_assert_int_eq(ckpt_step(tu_at("lr")), 1);
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -519,7 +477,7 @@ static int take_temps(const char *dir)
  * before the rename. */
 START_TEST(test_checkpoint_crash)
 {
-    make_tmpdir();
+    tu_make_tmpdir("sd_train_cli");
     sd_sde sde;
     sd_sde_parse("ve", &sde);
     sd_model *m;
@@ -527,13 +485,13 @@ START_TEST(test_checkpoint_crash)
     sd_train_config tc = sd_train_config_default(&sde, 10, 0);
     sd_trainer *t;
     ck_assert_int_eq(sd_trainer_new(m, &tc, &t), SD_OK);
-    const char *path = at("ckpt.safetensors");
+    const char *path = tu_at("ckpt.safetensors");
     sd_ckpt_meta meta = {.step = 1};
     fill_all(m, t, 1.0f);
     ck_assert_int_eq(sd_checkpoint_save(path, m, t, &meta), SD_OK);
     /* the layout of every version (steps 1..9 keep the header's length) */
     size_t total;
-    unsigned char *file = (unsigned char *)read_all(path, &total);
+    unsigned char *file = (unsigned char *)tu_read_all(path, &total);
     uint64_t hlen = 0;
     for (int i = 0; i < 8; i++) hlen |= (uint64_t)file[i] << (8 * i);
     free(file);
@@ -588,7 +546,7 @@ START_TEST(test_checkpoint_crash)
         ck_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 
         const bool renamed = cases[k].stage == SD_FILE_STAGE_RENAMED;
-        ck_assert_int_eq(take_temps(tmpdir), (renamed ? 0 : 1));
+        ck_assert_int_eq(take_temps(tu_tmpdir), (renamed ? 0 : 1));
         if (renamed) current = next;
         sd_model *loaded;
         sd_ckpt_meta got;
@@ -611,7 +569,7 @@ START_TEST(test_checkpoint_crash)
     ck_assert_int_eq(current, 2); /* one rename reached, as planned */
     sd_trainer_free(t);
     sd_model_free(m);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -627,63 +585,63 @@ static void expect_fail(const char *needle, int code, const char *a1, const char
 
 START_TEST(test_bad_input)
 {
-    make_tmpdir();
-    mkdir(at("empty"), 0755);
-    expect_fail("no PNG, JPEG", 2, "--data", at("empty"), "--out", at("o1"), NULL, NULL);
-    mkdir(at("text"), 0755);
-    write_text(at("text/readme.txt"), "hello");
-    expect_fail("1 other files ignored", 2, "--data", at("text"), "--out", at("o1"), NULL, NULL);
+    tu_make_tmpdir("sd_train_cli");
+    mkdir(tu_at("empty"), 0755);
+    expect_fail("no PNG, JPEG", 2, "--data", tu_at("empty"), "--out", tu_at("o1"), NULL, NULL);
+    mkdir(tu_at("text"), 0755);
+    write_text(tu_at("text/readme.txt"), "hello");
+    expect_fail("1 other files ignored", 2, "--data", tu_at("text"), "--out", tu_at("o1"), NULL, NULL);
     /* one corrupt PNG among good ones: a warning naming it, counted */
-    write_pngs(at("mixed"), 3, 8, 8);
-    write_text(at("mixed/broken.png"), "not a png at all");
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("mixed"), "--dry-run", NULL), 0);
+    write_pngs(tu_at("mixed"), 3, 8, 8);
+    write_text(tu_at("mixed/broken.png"), "not a png at all");
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("mixed"), "--dry-run", NULL), 0);
     ck_assert_msg(strstr(cap_err, "warning: ") && strstr(cap_err, "mixed/broken.png: "), "%s",
                   cap_err);
     ck_assert_msg(strstr(cap_out, "3 images") && strstr(cap_out, "1 of 4 image files skipped"),
                   "%s", cap_out);
     /* only corrupt images */
-    mkdir(at("broken"), 0755);
-    write_text(at("broken/a.png"), "garbage");
-    expect_fail("none of the 1 image files could be decoded", 2, "--data", at("broken"),
+    mkdir(tu_at("broken"), 0755);
+    write_text(tu_at("broken/a.png"), "garbage");
+    expect_fail("none of the 1 image files could be decoded", 2, "--data", tu_at("broken"),
                 "--dry-run", NULL, NULL, NULL);
     /* mismatched sizes without --size */
-    write_pngs(at("sizes"), 2, 8, 8);
+    write_pngs(tu_at("sizes"), 2, 8, 8);
     uint8_t px[100] = {0};
-    ck_assert_int_eq(sd_image_write_png(at("sizes/z.png"), 10, 10, 1, px), SD_OK);
-    expect_fail("differs from 8x8", 2, "--data", at("sizes"), "--dry-run", NULL, NULL, NULL);
-    write_text(at("bad.csv"), "1,2\n3,4\n5,6,7\n");
-    expect_fail("bad.csv:3: expected 2 values, got 3", 2, "--data", at("bad.csv"), "--dry-run",
+    ck_assert_int_eq(sd_image_write_png(tu_at("sizes/z.png"), 10, 10, 1, px), SD_OK);
+    expect_fail("differs from 8x8", 2, "--data", tu_at("sizes"), "--dry-run", NULL, NULL, NULL);
+    write_text(tu_at("bad.csv"), "1,2\n3,4\n5,6,7\n");
+    expect_fail("bad.csv:3: expected 2 values, got 3", 2, "--data", tu_at("bad.csv"), "--dry-run",
                 NULL, NULL, NULL);
-    expect_fail("missing: No such file", 2, "--data", at("missing"), "--dry-run", NULL, NULL, NULL);
-    write_points(at("pts.csv"), 50, 1.0);
-    expect_fail("unknown model 'resnet'", 2, "--data", at("pts.csv"), "--model", "resnet",
+    expect_fail("missing: No such file", 2, "--data", tu_at("missing"), "--dry-run", NULL, NULL, NULL);
+    write_points(tu_at("pts.csv"), 50, 1.0);
+    expect_fail("unknown model 'resnet'", 2, "--data", tu_at("pts.csv"), "--model", "resnet",
                 "--dry-run", NULL);
-    expect_fail("unknown family 'sde9'", 2, "--data", at("pts.csv"), "--sde", "sde9",
+    expect_fail("unknown family 'sde9'", 2, "--data", tu_at("pts.csv"), "--sde", "sde9",
                 "--dry-run", NULL);
-    expect_fail("needs flat data", 2, "--data", at("mixed"), "--model", "mlp", "--dry-run", NULL);
-    expect_fail("--size and --flip apply to image folders only", 2, "--data", at("pts.csv"), "--size",
+    expect_fail("needs flat data", 2, "--data", tu_at("mixed"), "--model", "mlp", "--dry-run", NULL);
+    expect_fail("--size and --flip apply to image folders only", 2, "--data", tu_at("pts.csv"), "--size",
                 "28", "--dry-run", NULL);
-    expect_fail("unknown option '--bogus'", 2, "--data", at("pts.csv"), "--bogus", NULL, NULL,
+    expect_fail("unknown option '--bogus'", 2, "--data", tu_at("pts.csv"), "--bogus", NULL, NULL,
                 NULL);
-    expect_fail("--batch 0", 2, "--data", at("pts.csv"), "--batch", "0", "--dry-run", NULL);
-    expect_fail("--out RUN_DIR is required", 2, "--data", at("pts.csv"), NULL, NULL, NULL, NULL);
+    expect_fail("--batch 0", 2, "--data", tu_at("pts.csv"), "--batch", "0", "--dry-run", NULL);
+    expect_fail("--out RUN_DIR is required", 2, "--data", tu_at("pts.csv"), NULL, NULL, NULL, NULL);
 
     /* a run, then conflicting and compatible resumes */
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("run"),
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("pts.csv"), "--out", tu_at("run"),
                              "--steps", "3", "--batch", "8", "--threads", "1", "--quiet", NULL),
                      0);
-    expect_fail("already holds a run", 2, "--data", at("pts.csv"), "--out", at("run"), NULL, NULL);
+    expect_fail("already holds a run", 2, "--data", tu_at("pts.csv"), "--out", tu_at("run"), NULL, NULL);
     expect_fail("--lr 0.001 conflicts with the run's 0.0002 ", 2, "--resume",
-                at("run"), "--lr", "0.001", NULL, NULL);
-    expect_fail("--model unet-28 conflicts", 2, "--resume", at("run"), "--model", "unet-28", NULL,
+                tu_at("run"), "--lr", "0.001", NULL, NULL);
+    expect_fail("--model unet-28 conflicts", 2, "--resume", tu_at("run"), "--model", "unet-28", NULL,
                 NULL);
-    expect_fail("--sde vp conflicts", 2, "--resume", at("run"), "--sde", "vp", NULL, NULL);
-    expect_fail("--batch 9 conflicts", 2, "--resume", at("run"), "--batch", "9", NULL, NULL);
-    expect_fail("config.json: cannot open", 2, "--resume", at("empty"), NULL, NULL, NULL, NULL);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", at("run"), "--batch", "8",
+    expect_fail("--sde vp conflicts", 2, "--resume", tu_at("run"), "--sde", "vp", NULL, NULL);
+    expect_fail("--batch 9 conflicts", 2, "--resume", tu_at("run"), "--batch", "9", NULL, NULL);
+    expect_fail("config.json: cannot open", 2, "--resume", tu_at("empty"), NULL, NULL, NULL, NULL);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", tu_at("run"), "--batch", "8",
                              "--sde", "ve", "--lr", "2e-4", "--quiet", NULL), 0);
     ck_assert_msg(strstr(cap_err, "nothing to do"), "%s", cap_err);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -701,7 +659,7 @@ static int run_bin(const char *first, ...)
     va_end(ap);
     argv[argc] = NULL;
     char err_path[600];
-    snprintf(err_path, sizeof err_path, "%s", at("bin_stderr.txt"));
+    snprintf(err_path, sizeof err_path, "%s", tu_at("bin_stderr.txt"));
     fflush(NULL);
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
@@ -715,7 +673,7 @@ static int run_bin(const char *first, ...)
     }
     int status;
     ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    char *e = read_all(err_path, NULL);
+    char *e = tu_read_all(err_path, NULL);
     snprintf(cap_err, sizeof cap_err, "%s", e ? e : "");
     free(e);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
@@ -728,52 +686,52 @@ static int run_bin(const char *first, ...)
  * candidate. A hang here is bounded by the suite's meson timeout. */
 START_TEST(test_fifo_inputs)
 {
-    make_tmpdir();
+    tu_make_tmpdir("sd_train_cli");
     const char *bin = scorediff_bin();
     ck_assert_msg(access(bin, X_OK) == 0, "%s is not executable", bin);
-    ck_assert_int_eq(mkfifo(at("pipe.csv"), 0644), 0);
-    expect_fail("pipe.csv: not a regular file", 2, "--data", at("pipe.csv"), "--dry-run", NULL,
+    ck_assert_int_eq(mkfifo(tu_at("pipe.csv"), 0644), 0);
+    expect_fail("pipe.csv: not a regular file", 2, "--data", tu_at("pipe.csv"), "--dry-run", NULL,
                 NULL, NULL);
-    write_points(at("pts.csv"), 50, 1.0);
+    write_points(tu_at("pts.csv"), 50, 1.0);
     char dense[600];
-    snprintf(dense, sizeof dense, "dense:C=%s", at("pipe.csv"));
-    expect_fail("pipe.csv: not a regular file", 2, "--data", at("pts.csv"), "--sde", dense,
+    snprintf(dense, sizeof dense, "dense:C=%s", tu_at("pipe.csv"));
+    expect_fail("pipe.csv: not a regular file", 2, "--data", tu_at("pts.csv"), "--sde", dense,
                 "--dry-run", NULL);
 
-    write_pngs(at("imgs"), 3, 8, 8);
-    ck_assert_int_eq(mkfifo(at("imgs/zz.png"), 0644), 0);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("imgs"), "--dry-run", NULL), 0);
+    write_pngs(tu_at("imgs"), 3, 8, 8);
+    ck_assert_int_eq(mkfifo(tu_at("imgs/zz.png"), 0644), 0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("imgs"), "--dry-run", NULL), 0);
     ck_assert_msg(strstr(cap_out, "3 images"), "%s", cap_out);
 
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("pts.csv"), "--out", tu_at("r"),
                              "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL),
                      0);
-    ck_assert_int_eq(unlink(at("r/config.json")), 0);
-    ck_assert_int_eq(mkfifo(at("r/config.json"), 0644), 0);
-    expect_fail("config.json: not a regular file", 2, "--resume", at("r"), NULL, NULL, NULL, NULL);
+    ck_assert_int_eq(unlink(tu_at("r/config.json")), 0);
+    ck_assert_int_eq(mkfifo(tu_at("r/config.json"), 0644), 0);
+    expect_fail("config.json: not a regular file", 2, "--resume", tu_at("r"), NULL, NULL, NULL, NULL);
 
-    ck_assert_int_eq(mkfifo(at("pipe.idx"), 0644), 0);
-    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", at("pipe.idx"), at("o"), NULL), 2);
+    ck_assert_int_eq(mkfifo(tu_at("pipe.idx"), 0644), 0);
+    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", tu_at("pipe.idx"), tu_at("o"), NULL), 2);
     ck_assert_msg(strstr(cap_err, "pipe.idx: not a regular file"), "%s", cap_err);
 
-    ck_assert_int_eq(run_bin("sample", "--gmm", at("pipe.csv"), "--sde", "ve", "--sampler", "ode",
-                             "--n", "1", "--out", at("g.csv"), "--quiet", NULL),
+    ck_assert_int_eq(run_bin("sample", "--gmm", tu_at("pipe.csv"), "--sde", "ve", "--sampler", "ode",
+                             "--n", "1", "--out", tu_at("g.csv"), "--quiet", NULL),
                      2);
     ck_assert_msg(strstr(cap_err, "pipe.csv: not a regular file"), "%s", cap_err);
 
     /* an image model of one step, then --image naming a FIFO */
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("imgs"), "--out", at("ir"),
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("imgs"), "--out", tu_at("ir"),
                              "--model", "unet", "--ch", "8", "--mult", "1,2", "--num-res-blocks",
                              "1", "--steps", "1", "--batch", "2", "--threads", "1", "--sde", "ve",
                              "--quiet", NULL),
                      0);
-    ck_assert_int_eq(run_bin("sample", "--ckpt", at("ir"), "--sampler", "pc", "--steps", "2",
-                             "--n", "1", "--out", at("s.png"), "--image", at("imgs/zz.png"),
-                             "--mask", at("imgs/img000.png"), "--quiet", NULL),
+    ck_assert_int_eq(run_bin("sample", "--ckpt", tu_at("ir"), "--sampler", "pc", "--steps", "2",
+                             "--n", "1", "--out", tu_at("s.png"), "--image", tu_at("imgs/zz.png"),
+                             "--mask", tu_at("imgs/img000.png"), "--quiet", NULL),
                      2);
     ck_assert_msg(strstr(cap_err, "zz.png: not a regular file"), "%s", cap_err);
-    ck_assert(access(at("s.png"), F_OK) != 0);
-    remove_tmpdir();
+    ck_assert(access(tu_at("s.png"), F_OK) != 0);
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -782,9 +740,9 @@ END_TEST
  * resumed under its lock; other files are left alone. */
 START_TEST(test_stale_temps)
 {
-    make_tmpdir();
-    write_points(at("pts.csv"), 50, 1.0);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+    tu_make_tmpdir("sd_train_cli");
+    write_points(tu_at("pts.csv"), 50, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("pts.csv"), "--out", tu_at("r"),
                              "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL),
                      0);
     static const char *const stale[] = {"r/checkpoint.safetensors.tmp.123.0",
@@ -792,14 +750,14 @@ START_TEST(test_stale_temps)
                                         "r/checkpoint.safetensors.tmp.99", "r/config.json.tmp"};
     static const char *const kept[] = {"r/notes.tmp.1", "r/config.json.tmp.bak",
                                        "r/config.json.tmpx"};
-    for (size_t i = 0; i < 5; i++) write_text(at(stale[i]), "torn");
-    for (size_t i = 0; i < 3; i++) write_text(at(kept[i]), "mine");
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", at("r"), "--steps", "3",
+    for (size_t i = 0; i < 5; i++) write_text(tu_at(stale[i]), "torn");
+    for (size_t i = 0; i < 3; i++) write_text(tu_at(kept[i]), "mine");
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--resume", tu_at("r"), "--steps", "3",
                              "--quiet", NULL), 0);
-    for (size_t i = 0; i < 5; i++) ck_assert_msg(access(at(stale[i]), F_OK) != 0, "%s", stale[i]);
-    for (size_t i = 0; i < 3; i++) ck_assert_msg(access(at(kept[i]), F_OK) == 0, "%s", kept[i]);
-    ck_assert_int_eq(ckpt_step(at("r")), 3);
-    remove_tmpdir();
+    for (size_t i = 0; i < 5; i++) ck_assert_msg(access(tu_at(stale[i]), F_OK) != 0, "%s", stale[i]);
+    for (size_t i = 0; i < 3; i++) ck_assert_msg(access(tu_at(kept[i]), F_OK) == 0, "%s", kept[i]);
+    ck_assert_int_eq(ckpt_step(tu_at("r")), 3);
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -807,19 +765,19 @@ END_TEST
  * be cut at 1 MiB silently (a padded file then parsed as its first part). */
 START_TEST(test_config_cap)
 {
-    make_tmpdir();
-    write_points(at("pts.csv"), 50, 1.0);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("r"),
+    tu_make_tmpdir("sd_train_cli");
+    write_points(tu_at("pts.csv"), 50, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("pts.csv"), "--out", tu_at("r"),
                              "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL),
                      0);
-    FILE *f = fopen(at("r/config.json"), "a");
+    FILE *f = fopen(tu_at("r/config.json"), "a");
     ck_assert_ptr_nonnull(f);
     for (int i = 0; i < (1 << 20); i += 64) fprintf(f, "%63s\n", "");
     fclose(f);
-    expect_fail("config.json: file of ", 2, "--resume", at("r"), "--steps", "3", NULL, NULL);
+    expect_fail("config.json: file of ", 2, "--resume", tu_at("r"), "--steps", "3", NULL, NULL);
     ck_assert_msg(strstr(cap_err, "exceeds the 1048576-byte limit"), "%s", cap_err);
-    ck_assert_int_eq(ckpt_step(at("r")), 2);
-    remove_tmpdir();
+    ck_assert_int_eq(ckpt_step(tu_at("r")), 2);
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -827,16 +785,16 @@ END_TEST
 
 START_TEST(test_images_run_and_info)
 {
-    make_tmpdir();
-    write_pngs(at("imgs"), 10, 8, 8);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("imgs"), "--model", "unet",
+    tu_make_tmpdir("sd_train_cli");
+    write_pngs(tu_at("imgs"), 10, 8, 8);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("imgs"), "--model", "unet",
                              "--ch", "8", "--mult", "1,2", "--num-res-blocks", "1", "--dry-run",
                              NULL), 0);
     ck_assert_msg(strstr(cap_out, "10 images, 1x8x8") && strstr(cap_out, "parameters") &&
                       strstr(cap_out, "largest pairwise distance") &&
                       strstr(cap_out, "gamma") && strstr(cap_out, "Langevin step size"),
                   "%s", cap_out);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("imgs"), "--out", at("r"),
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("imgs"), "--out", tu_at("r"),
                              "--model", "unet", "--ch", "8", "--mult", "1,2", "--num-res-blocks",
                              "1", "--steps", "4", "--batch", "4", "--ckpt-every", "2",
                              "--threads", "1", "--sde", "ncsn", "--sample-every", "2", "--quiet",
@@ -849,7 +807,7 @@ START_TEST(test_images_run_and_info)
         char name[64];
         snprintf(name, sizeof name, "r/samples/step_%06d.png", k);
         size_t len;
-        char *buf = read_all(at(name), &len);
+        char *buf = tu_read_all(tu_at(name), &len);
         ck_assert_msg(buf != NULL, "no %s: %s", name, cap_err);
         sd_image img;
         ck_assert_int_eq(sd_image_decode((uint8_t *)buf, len, &img), SD_OK);
@@ -857,39 +815,39 @@ START_TEST(test_images_run_and_info)
         sd_image_free(&img);
         free(buf);
     }
-    ck_assert(access(at("r/samples/step_000003.png"), F_OK) != 0);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("imgs"), "--out", at("r2"),
+    ck_assert(access(tu_at("r/samples/step_000003.png"), F_OK) != 0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("imgs"), "--out", tu_at("r2"),
                              "--model", "unet", "--ch", "8", "--mult", "1,2", "--num-res-blocks",
                              "1", "--steps", "4", "--batch", "4", "--ckpt-every", "2",
                              "--threads", "1", "--sde", "ncsn", "--quiet", NULL), 0);
     int n1, n2;
-    char *m1 = metrics_det(at("r"), &n1), *m2 = metrics_det(at("r2"), &n2);
+    char *m1 = metrics_det(tu_at("r"), &n1), *m2 = metrics_det(tu_at("r2"), &n2);
     ck_assert_int_eq(n1, 4);
     assert_same_rows(m1, m2);
     free(m1);
     free(m2);
-    ck_assert_int_eq(run_cmd(sd_cmd_info, "info", at("r"), NULL), 0);
+    ck_assert_int_eq(run_cmd(sd_cmd_info, "info", tu_at("r"), NULL), 0);
     ck_assert_msg(strstr(cap_out, "step            4\n") &&
                       strstr(cap_out, "data_transform  unit\n") &&
                       strstr(cap_out, "data_shape      1,8,8\n") &&
                       strstr(cap_out, "sde             ncsn:sigma_min=0.01,sigma_max=") &&
                       strstr(cap_out, "adam moments") && strstr(cap_out, "loads:          yes"),
                   "%s", cap_out);
-    ck_assert_int_eq(run_cmd(sd_cmd_info, "info", at("r/config.json"), NULL), 2);
-    ck_assert_int_eq(run_cmd(sd_cmd_info, "info", at("nothing"), NULL), 2);
+    ck_assert_int_eq(run_cmd(sd_cmd_info, "info", tu_at("r/config.json"), NULL), 2);
+    ck_assert_int_eq(run_cmd(sd_cmd_info, "info", tu_at("nothing"), NULL), 2);
 
     /* mlp on points: the parameter count, worked out by hand from
      * reference-model.md: [x (2) + 32 Fourier features] -> 128 -> 128 -> 128 -> 2 */
-    write_points(at("pts.csv"), 60, 1.0);
-    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", at("pts.csv"), "--out", at("p"),
+    write_points(tu_at("pts.csv"), 60, 1.0);
+    ck_assert_int_eq(run_cmd(sd_cmd_train, "train", "--data", tu_at("pts.csv"), "--out", tu_at("p"),
                              "--steps", "2", "--batch", "8", "--threads", "1", "--quiet", NULL), 0);
-    ck_assert_int_eq(run_cmd(sd_cmd_info, "info", at("p/checkpoint.safetensors"), NULL), 0);
+    ck_assert_int_eq(run_cmd(sd_cmd_info, "info", tu_at("p/checkpoint.safetensors"), NULL), 0);
     char expect[64];
     snprintf(expect, sizeof expect, "parameters:     %d trainable",
              34 * 128 + 128 + 2 * (128 * 128 + 128) + 128 * 2 + 2);
     ck_assert_msg(strstr(cap_out, expect) && strstr(cap_out, "data_transform  identity"), "%s",
                   cap_out);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -965,19 +923,19 @@ static void write_idx(const char *path, bool gz, int ndim, const uint32_t *dims,
 
 START_TEST(test_convert_idx)
 {
-    make_tmpdir();
+    tu_make_tmpdir("sd_train_cli");
     enum { N = 3, H = 4, W = 5 };
     uint8_t data[N * H * W];
     for (int i = 0; i < N * H * W; i++) data[i] = (uint8_t)(i * 7 + 3);
-    write_idx(at("imgs.gz"), true, 3, (uint32_t[]){N, H, W}, data, sizeof data);
-    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", at("imgs.gz"), at("out"),
+    write_idx(tu_at("imgs.gz"), true, 3, (uint32_t[]){N, H, W}, data, sizeof data);
+    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", tu_at("imgs.gz"), tu_at("out"),
                              "--limit", "2", NULL), 0);
-    ck_assert(access(at("out/00002.png"), F_OK) != 0);
+    ck_assert(access(tu_at("out/00002.png"), F_OK) != 0);
     for (int i = 0; i < 2; i++) {
         char name[32];
         snprintf(name, sizeof name, "out/%05d.png", i);
         size_t len;
-        char *buf = read_all(at(name), &len);
+        char *buf = tu_read_all(tu_at(name), &len);
         ck_assert_ptr_nonnull(buf);
         sd_image img;
         ck_assert_int_eq(sd_image_decode((uint8_t *)buf, len, &img), SD_OK);
@@ -986,19 +944,19 @@ START_TEST(test_convert_idx)
         sd_image_free(&img);
         free(buf);
     }
-    write_idx(at("plain"), false, 3, (uint32_t[]){N, H, W}, data, sizeof data);
-    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", at("plain"), at("all"), NULL), 0);
-    ck_assert(access(at("all/00002.png"), F_OK) == 0);
-    write_idx(at("labels"), false, 1, (uint32_t[]){N}, data, N);
-    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", at("labels"), at("l"), NULL), 2);
+    write_idx(tu_at("plain"), false, 3, (uint32_t[]){N, H, W}, data, sizeof data);
+    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", tu_at("plain"), tu_at("all"), NULL), 0);
+    ck_assert(access(tu_at("all/00002.png"), F_OK) == 0);
+    write_idx(tu_at("labels"), false, 1, (uint32_t[]){N}, data, N);
+    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", tu_at("labels"), tu_at("l"), NULL), 2);
     ck_assert_msg(strstr(cap_err, "expected an IDX image file"), "%s", cap_err);
-    write_idx(at("short"), false, 3, (uint32_t[]){N, H, W}, data, sizeof data - 1);
-    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", at("short"), at("s"), NULL), 2);
+    write_idx(tu_at("short"), false, 3, (uint32_t[]){N, H, W}, data, sizeof data - 1);
+    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", tu_at("short"), tu_at("s"), NULL), 2);
     ck_assert_msg(strstr(cap_err, "truncated"), "%s", cap_err);
-    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", at("plain"), NULL), 2);
-    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", at("plain"), at("x"), "--limit",
+    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", tu_at("plain"), NULL), 2);
+    ck_assert_int_eq(run_cmd(sd_cmd_convert_idx, "convert-idx", tu_at("plain"), tu_at("x"), "--limit",
                              "0", NULL), 2);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 

@@ -17,51 +17,12 @@
 #include "option_table.h"
 #include "sd/rng.h"
 #include "train_run.h"
-
-static char tmpdir[256];
-
-static void make_tmpdir(void)
-{
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/sd_train_run_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
-static void remove_tmpdir(void) { nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static const char *at(const char *name)
-{
-    static char buf[8][512];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
-static unsigned char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    return buf;
-}
+#include "test_tmp.h"
 
 static bool same_file(const char *a, const char *b)
 {
     size_t la = 0, lb = 0;
-    unsigned char *x = read_all(a, &la), *y = read_all(b, &lb);
+    char *x = tu_read_all(a, &la), *y = tu_read_all(b, &lb);
     bool same = x && y && la == lb && memcmp(x, y, la) == 0;
     free(x);
     free(y);
@@ -106,7 +67,7 @@ END_TEST
  * same values, option by option (as text: exact for doubles). */
 START_TEST(test_config_round_trip)
 {
-    make_tmpdir();
+    tu_make_tmpdir("sd_train_run");
     sd_train_opts a, b;
     sd_train_opts_default(&a);
     snprintf(a.data, sizeof a.data, "/data/x \"quoted\".csv");
@@ -135,9 +96,9 @@ START_TEST(test_config_round_trip)
     a.sample_every = 9;
     a.threads = 2;
     a.seed = 18446744073709551615ULL; /* beyond a double's exact integers */
-    ck_assert_int_eq(sd_run_config_write(tmpdir, &a, "\"extra\":1"), SD_OK);
+    ck_assert_int_eq(sd_run_config_write(tu_tmpdir, &a, "\"extra\":1"), SD_OK);
     sd_train_opts_default(&b);
-    ck_assert_int_eq(sd_run_config_read(tmpdir, &b), SD_OK);
+    ck_assert_int_eq(sd_run_config_read(tu_tmpdir, &b), SD_OK);
     int keyed = 0;
     for (size_t i = 0; i < sd_train_n_options; i++) {
         const sd_option *op = &sd_train_options[i];
@@ -149,7 +110,7 @@ START_TEST(test_config_round_trip)
         keyed++;
     }
     ck_assert_int_ge(keyed, 20);
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
@@ -201,7 +162,7 @@ static int stop_at_7(void *ctx, int64_t step)
 static void small(sd_train_opts *o, const char *out)
 {
     sd_train_opts_default(o);
-    snprintf(o->data, sizeof o->data, "%s", at("pts.csv"));
+    snprintf(o->data, sizeof o->data, "%s", tu_at("pts.csv"));
     snprintf(o->out, sizeof o->out, "%s", out);
     o->steps = 12;
     o->ckpt_every = 4;
@@ -212,13 +173,13 @@ static void small(sd_train_opts *o, const char *out)
 
 START_TEST(test_run_stop_resume)
 {
-    make_tmpdir();
-    write_points(at("pts.csv"), 64);
+    tu_make_tmpdir("sd_train_run");
+    write_points(tu_at("pts.csv"), 64);
     sd_train_opts o;
     watch w = {0};
     sd_train_hooks h = {.progress = on_progress, .progress_ctx = &w, .log = on_log,
                         .log_ctx = &w};
-    small(&o, at("full"));
+    small(&o, tu_at("full"));
     sd_train_result res;
     ck_assert_int_eq(sd_train_run(&o, &h, &res), SD_TRAIN_OK);
     ck_assert_int_eq(res.step, 12);
@@ -231,7 +192,7 @@ START_TEST(test_run_stop_resume)
     memset(&w, 0, sizeof w);
     sd_train_hooks hs = h;
     hs.stop_fn = stop_at_7;
-    small(&o, at("part"));
+    small(&o, tu_at("part"));
     ck_assert_int_eq(sd_train_run(&o, &hs, &res), 128 + 15);
     ck_assert_int_eq(res.step, 7);
     ck_assert_msg(strstr(w.last_line, "after step 7 of 12"), "%s", w.last_line);
@@ -239,7 +200,7 @@ START_TEST(test_run_stop_resume)
     /* resume: only out and resume set, everything else from config.json */
     sd_train_opts r;
     sd_train_opts_default(&r);
-    snprintf(r.out, sizeof r.out, "%s", at("part"));
+    snprintf(r.out, sizeof r.out, "%s", tu_at("part"));
     r.resume = true;
     r.max_memory = (uint64_t)1 << 40; /* not stored with the run: this invocation's */
     ck_assert_int_eq(sd_train_resume(&r, &h), SD_OK);
@@ -248,12 +209,12 @@ START_TEST(test_run_stop_resume)
     ck_assert_int_eq(r.seed, 3);
     ck_assert_int_eq(sd_train_run(&r, &h, &res), SD_TRAIN_OK);
     ck_assert_int_eq(res.first_step, 7);
-    ck_assert_msg(same_file(at("full/checkpoint.safetensors"), at("part/checkpoint.safetensors")),
+    ck_assert_msg(same_file(tu_at("full/checkpoint.safetensors"), tu_at("part/checkpoint.safetensors")),
                   "resumed checkpoint differs from the uninterrupted run's");
 
     /* a fixed option given with another value is refused, naming it */
     sd_train_opts_default(&r);
-    snprintf(r.out, sizeof r.out, "%s", at("part"));
+    snprintf(r.out, sizeof r.out, "%s", tu_at("part"));
     r.resume = true;
     r.batch = 8;
     int k = sd_option_index(sd_train_options, sd_train_n_options, offsetof(sd_train_opts, batch));
@@ -262,7 +223,7 @@ START_TEST(test_run_stop_resume)
     ck_assert_int_eq(sd_train_resume(&r, &h), SD_ERR_INVALID);
     ck_assert_msg(strstr(sd_error_message(), "--batch 8 conflicts with the run's 16"), "%s",
                   sd_error_message());
-    remove_tmpdir();
+    tu_remove_tmpdir();
 }
 END_TEST
 
