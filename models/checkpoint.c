@@ -1,5 +1,5 @@
 /* checkpoint.c - see checkpoint.h. */
-#include "checkpoint.h"
+#include "sd/checkpoint.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>

@@ -1,5 +1,5 @@
 /* fourier.c - Gaussian Fourier features of the noise level; see fourier.h. */
-#include "fourier.h"
+#include "sd/fourier.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,9 +26,9 @@ void sd_fourier_init(const sd_fourier *f, sd_params *p, sd_rng *rng)
 sd_tensor *sd_fourier_embed(const sd_fourier *f, sd_params *p, sd_graph *g, const float *c,
                             int n)
 {
-    if (!c || n < 1) return sd__op_fail(g, SD_ERR_INVALID, "fourier: need c[%d] values", n);
+    if (!c || n < 1) return sd_graph_fail(g, SD_ERR_INVALID, "fourier: need c[%d] values", n);
     if (!p->finalized || f->w < 0 || (size_t)f->w >= p->count)
-        return sd__op_fail(g, SD_ERR_INVALID, "fourier: parameters not declared/finalized");
+        return sd_graph_fail(g, SD_ERR_INVALID, "fourier: parameters not declared/finalized");
     /* e0 is [N, 32]: columns 0..15 sin, 16..31 cos. */
     sd_tensor *e = sd_tensor_new(g, 2, (int[]){n, SD_FOURIER_DIM});
     if (!e) return NULL;
@@ -37,7 +37,7 @@ sd_tensor *sd_fourier_embed(const sd_fourier *f, sd_params *p, sd_graph *g, cons
     for (int k = 0; k < SD_FOURIER_HALF; k++) w2[k] = w[k] * (float)SD_TWO_PI;
     for (int i = 0; i < n; i++) {
         if (!isfinite(c[i]))
-            return sd__op_fail(g, SD_ERR_INVALID, "fourier: c[%d] = %g is not finite", i,
+            return sd_graph_fail(g, SD_ERR_INVALID, "fourier: c[%d] = %g is not finite", i,
                                (double)c[i]);
         float *row = e->data + (size_t)i * SD_FOURIER_DIM;
         for (int k = 0; k < SD_FOURIER_HALF; k++) {

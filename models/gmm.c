@@ -1,6 +1,6 @@
 /* gmm.c - exact scores and densities of Gaussian mixtures under any noise
  * family's Gaussian kernel; see gmm.h for the formulas. */
-#include "gmm.h"
+#include "sd/gmm.h"
 
 #include <cjson/cJSON.h>
 #include <lapacke.h>

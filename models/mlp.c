@@ -1,5 +1,5 @@
 /* mlp.c - the reference MLP score network; see mlp.h. */
-#include "mlp.h"
+#include "sd/mlp.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -74,15 +74,15 @@ sd_tensor *sd_mlp_forward(const sd_mlp *net, sd_params *p, sd_graph *g, sd_tenso
     const int D = net->cfg.dim;
     char sb[64];
     if (x->ndim != 2 || x->shape[1] != D)
-        return sd__op_fail(g, SD_ERR_INVALID, "mlp: x has shape %s, expected [N, %d]",
+        return sd_graph_fail(g, SD_ERR_INVALID, "mlp: x has shape %s, expected [N, %d]",
                            sd_shape_str(x, sb, sizeof sb), D);
-    if (!cond || !sigma) return sd__op_fail(g, SD_ERR_INVALID, "mlp: NULL cond or sigma");
+    if (!cond || !sigma) return sd_graph_fail(g, SD_ERR_INVALID, "mlp: NULL cond or sigma");
     const int n = x->shape[0];
     sd_tensor *sig = sd_tensor_new(g, 2, (int[]){n, 1}); /* per-sample divisor, [N, 1] */
     if (!sig) return NULL;
     for (int i = 0; i < n; i++) {
         if (!(sigma[i] > 0.0f) || !isfinite(sigma[i]))
-            return sd__op_fail(g, SD_ERR_INVALID, "mlp: sigma[%d] = %g must be positive and finite",
+            return sd_graph_fail(g, SD_ERR_INVALID, "mlp: sigma[%d] = %g must be positive and finite",
                                i, (double)sigma[i]);
         sig->data[i] = sigma[i];
     }

@@ -1,7 +1,7 @@
 /* ncsnv2.c - NCSNv2's data-driven noise settings (Song & Ermon 2020,
  * "Improved techniques for training score-based generative models"); see
  * ncsnv2.h. */
-#include "ncsnv2.h"
+#include "sd/ncsnv2.h"
 
 #include <math.h>
 

@@ -1,5 +1,5 @@
 /* objective.c - denoising and sliced score matching; see objective.h. */
-#include "objective.h"
+#include "sd/objective.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -60,7 +60,7 @@ static sd_tensor *dsm_loss(const sd_objective *obj, sd_model *m, sd_graph *g, co
         if (st != SD_OK) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", sd_error_message());
-            return sd__op_fail(g, st, "dsm: %s", msg);
+            return sd_graph_fail(g, st, "dsm: %s", msg);
         }
         /* sum_i 0.5 lambda_i ||.||^2 / B as a squared norm of w_i * diff_i */
         w->data[i] = (float)sqrt(0.5 * weight(obj, &m->sde, t[i]) / B);
@@ -89,7 +89,7 @@ static sd_tensor *ssm_loss(const sd_objective *obj, sd_model *m, sd_graph *g, co
         if (st != SD_OK) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", sd_error_message());
-            return sd__op_fail(g, st, "ssm: %s", msg);
+            return sd_graph_fail(g, st, "ssm: %s", msg);
         }
         float *vi = v->data + (size_t)i * D;
         if (obj->projection == SD_PROJ_RADEMACHER) sd_rng_fill_rademacher(noise_rng, vi, D);
@@ -117,7 +117,7 @@ static sd_tensor *ssm_loss(const sd_objective *obj, sd_model *m, sd_graph *g, co
 sd_tensor *sd_objective_loss(const sd_objective *obj, sd_model *m, sd_graph *g, const float *x0,
                              int B, sd_rng *time_rng, sd_rng *noise_rng, double *t_out)
 {
-    if (B < 1) return sd__op_fail(g, SD_ERR_INVALID, "objective: empty batch");
+    if (B < 1) return sd_graph_fail(g, SD_ERR_INVALID, "objective: empty batch");
     double *t = sd_graph_alloc(g, (size_t)B * sizeof(double));
     if (!t) return NULL;
     for (int i = 0; i < B; i++) t[i] = draw_time(obj, &m->sde, time_rng);

@@ -1,6 +1,6 @@
 /* option_table.c - reading, writing, checking and formatting one option of a
  * table (option_table.h). */
-#include "option_table.h"
+#include "sd/option_table.h"
 #include "sd/membudget.h"
 
 #include <cjson/cJSON.h>

@@ -1,5 +1,5 @@
 /* score_model.c - the common interface over unet, mlp and gmm. */
-#include "score_model.h"
+#include "sd/score_model.h"
 
 #include <cjson/cJSON.h>
 #include <limits.h>
@@ -215,7 +215,7 @@ static sd_tensor *dct_tweedie_score(sd_model *m, sd_graph *g, sd_tensor *x, sd_t
         double sig = sd_sde_sigma(&m->sde, t[i]);
         inv_var->data[i] = (float)(1.0 / (sig * sig));
         sd_status st = sd_sde_modes(&m->sde, t[i], m->D, ak, NULL, NULL, NULL);
-        if (st != SD_OK) return sd__op_fail(g, st, "%s", sd_error_message());
+        if (st != SD_OK) return sd_graph_fail(g, st, "%s", sd_error_message());
         for (size_t k = 0; k < m->D; k++) a->data[(size_t)i * m->D + k] = (float)ak[k];
     }
     sd_tensor *xs = sd_mul(g, x, inv_var);
@@ -227,10 +227,10 @@ sd_tensor *sd_model_forward(sd_model *m, sd_graph *g, sd_tensor *x, const double
 {
     if (!x) return NULL;
     if (m->kind == SD_MODEL_GMM)
-        return sd__op_fail(g, SD_ERR_INVALID, "model: the gmm has no differentiable forward");
+        return sd_graph_fail(g, SD_ERR_INVALID, "model: the gmm has no differentiable forward");
     int n = x->shape[0];
     if (x->numel != (size_t)n * m->D)
-        return sd__op_fail(g, SD_ERR_INVALID, "model: input has %zu values per batch of %d, "
+        return sd_graph_fail(g, SD_ERR_INVALID, "model: input has %zu values per batch of %d, "
                                               "expected %zu per item", x->numel, n, m->D);
     float *cond = sd_graph_alloc_floats(g, (size_t)n);
     float *sigma = sd_graph_alloc_floats(g, (size_t)n);

@@ -12,8 +12,8 @@
 #include <time.h>
 
 #include "sd/data.h"
-#include "train_run.h"
-#include "trainer.h"
+#include "sd/train_run.h"
+#include "sd/trainer.h"
 
 #define P SD_TRAIN_PATH_MAX
 /* Technique 1 on at most this many items (evenly spaced in the data's

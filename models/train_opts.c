@@ -1,6 +1,6 @@
 /* train_opts.c - the options of a training run: their table (flags, config.json
  * keys, ranges, help), defaults, config.json, and --resume (train_run.h). */
-#include "train_run.h"
+#include "sd/train_run.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -24,7 +24,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "checkpoint.h"
+#include "sd/checkpoint.h"
 #include "sd/file.h"
 #include "sd/membudget.h"
 #include "sd/safetensors.h"

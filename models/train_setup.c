@@ -12,7 +12,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "ncsnv2.h"
+#include "sd/ncsnv2.h"
 #include "sd/blas_core.h"
 
 /* ---- setup ----------------------------------------------------------------- */

@@ -1,5 +1,5 @@
 /* trainer.c - the training step; see trainer.h. */
-#include "trainer.h"
+#include "sd/trainer.h"
 
 #include <math.h>
 #include <omp.h>

@@ -10,7 +10,7 @@
  * Non-goals: attention, dropout, FIR resampling, skip rescaling variants of
  * the full NCSN++; they are not part of the reference network.
  */
-#include "unet.h"
+#include "sd/unet.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -304,17 +304,17 @@ sd_tensor *sd_unet_forward(const sd_unet *net, sd_params *p, sd_graph *g, sd_ten
     char sb[64];
     if (x->ndim != 4 || x->shape[1] != c->channels || x->shape[2] != c->resolution ||
         x->shape[3] != c->resolution)
-        return sd__op_fail(g, SD_ERR_INVALID, "unet: x has shape %s, expected [N, %d, %d, %d]",
+        return sd_graph_fail(g, SD_ERR_INVALID, "unet: x has shape %s, expected [N, %d, %d, %d]",
                            sd_shape_str(x, sb, sizeof sb), c->channels, c->resolution,
                            c->resolution);
-    if (!cond || !sigma) return sd__op_fail(g, SD_ERR_INVALID, "unet: NULL cond or sigma");
+    if (!cond || !sigma) return sd_graph_fail(g, SD_ERR_INVALID, "unet: NULL cond or sigma");
     const int n = x->shape[0];
     /* sigma as [N, 1, 1, 1] for the per-sample division (not differentiated). */
     sd_tensor *sig = sd_tensor_new(g, 4, (int[]){n, 1, 1, 1});
     if (!sig) return NULL;
     for (int i = 0; i < n; i++) {
         if (!(sigma[i] > 0.0f) || !isfinite(sigma[i]))
-            return sd__op_fail(g, SD_ERR_INVALID, "unet: sigma[%d] = %g must be positive and finite",
+            return sd_graph_fail(g, SD_ERR_INVALID, "unet: sigma[%d] = %g must be positive and finite",
                                i, (double)sigma[i]);
         sig->data[i] = sigma[i];
     }

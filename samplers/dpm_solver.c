@@ -17,7 +17,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "sampler.h"
+#include "sd/sampler.h"
 
 sd_status sd__dpm2m_batch(sd__batch *b)
 {

@@ -29,7 +29,7 @@
  */
 #include <math.h>
 
-#include "sampler.h"
+#include "sd/sampler.h"
 
 sd_status sd__fewstep_grid(sd__batch *b, double *sig)
 {

@@ -45,7 +45,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "likelihood.h"
+#include "likelihood_internal.h"
 #include "sd/rng.h"
 
 static const double LOG_2PI = 1.8378770664093453;

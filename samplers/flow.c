@@ -16,7 +16,7 @@
  */
 #include <math.h>
 
-#include "sampler.h"
+#include "sd/sampler.h"
 
 static sd_status flow_rhs(void *ctx, double t, const float *y, float *dydt)
 {

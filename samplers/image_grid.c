@@ -1,5 +1,5 @@
 /* image_grid.c - PNG grids of sampled images; see image_grid.h. */
-#include "image_grid.h"
+#include "sd/image_grid.h"
 
 #include <math.h>
 #include <string.h>

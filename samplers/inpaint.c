@@ -20,7 +20,7 @@
  */
 #include <string.h>
 
-#include "sampler.h"
+#include "sd/sampler.h"
 
 typedef struct replace_ctx {
     const float *data; /* [N, D]: the known values (colorization: gray in all channels) */

@@ -33,7 +33,7 @@
  */
 #include <math.h>
 
-#include "sampler.h"
+#include "sd/sampler.h"
 
 static double noise_ratio(const sd_sde *sde, double t)
 {

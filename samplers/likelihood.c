@@ -57,12 +57,12 @@
  * is the trajectory's own error). The isotropic families keep the unscaled
  * state so that their numbers stay as they were.
  */
-#include "likelihood.h"
+#include "likelihood_internal.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "ode.h"
+#include "sd/ode.h"
 #include "sd/rng.h"
 
 /* Scratch slots (sd__lik_scratch): 0-5 the oracles below, 6-9 the ODE,

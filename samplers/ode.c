@@ -6,7 +6,7 @@
  *
  * Vocabulary: n state size, G number of error groups, k[j] stage derivatives.
  */
-#include "ode.h"
+#include "sd/ode.h"
 
 #include <math.h>
 #include <stdbool.h>

@@ -37,7 +37,7 @@
  */
 #include <math.h>
 
-#include "sampler.h"
+#include "sd/sampler.h"
 
 static double grid_time(const sd_sde *sde, double eps, int i, int N)
 {

@@ -6,7 +6,7 @@
  * Vocabulary: N samples in the run, B batch size, n samples in this batch,
  * D = C*H*W values per sample, t time of the forward process (t = 1 prior).
  */
-#include "sampler.h"
+#include "sd/sampler.h"
 
 #include <math.h>
 #include <omp.h>

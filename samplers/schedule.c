@@ -18,7 +18,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "sampler.h"
+#include "sd/sampler.h"
 
 int sd_schedule_parse(const char *name, sd_schedule *out)
 {

@@ -27,7 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gmm.h"
+#include "sd/gmm.h"
 #include "test_util.h"
 #include "sd/sde.h"
 

@@ -1,9 +1,9 @@
 /* test_budget.c - bad input that used to get through (issue 12 items 4, 7, 8):
  * memory budgets before allocation (sd/membudget.h), image plausibility and
- * the decisions on odd BMP/PNG files (lib/stb_image_impl.c), one bad image in
- * a folder (lib/data_image.c), checkpoints validated against their config
+ * the decisions on odd BMP/PNG files (lib/io/stb_image_impl.c), one bad image in
+ * a folder (lib/io/data_image.c), checkpoints validated against their config
  * before the model is built and by `info` exactly as by the loaders
- * (models/checkpoint.c), and exp_vec on NaN / Inf (lib/ops_norm.c).
+ * (models/checkpoint.c), and exp_vec on NaN / Inf (lib/ops/ops_norm.c).
  *
  * Every input is made here: images byte by byte (PNG chunks with zlib),
  * checkpoints through the library and then rewritten with a small
@@ -24,8 +24,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "checkpoint.h"
-#include "score_model.h"
+#include "sd/checkpoint.h"
+#include "sd/score_model.h"
 #include "sd/data.h"
 #include "sd/membudget.h"
 #include "sd/ops.h"

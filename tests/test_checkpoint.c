@@ -1,6 +1,6 @@
 /* test_checkpoint.c - score-model checkpoints (models/checkpoint.c).
  *
- * The promises of models/checkpoint.h: the tensor names and sections
+ * The promises of models/include/sd/checkpoint.h: the tensor names and sections
  * (model., ema., opt.m., opt.v.), the metadata keys, round trips of a
  * model-only and of a training checkpoint (load_model takes the EMA weights
  * when asked and present, else the raw ones; load_trainer restores
@@ -24,7 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
+#include "sd/checkpoint.h"
 #include "sd/safetensors.h"
 
 #define ASSERT_MSG_HAS(s)                                                                  \

@@ -1,10 +1,10 @@
-/* test_conv.c - sd_conv2d (lib/ops_conv.c): gradients, values, threads, errors.
+/* test_conv.c - sd_conv2d (lib/conv/ops_conv.c): gradients, values, threads, errors.
  *
  * Shapes are chosen to reach every code path of the im2col kernel: one image
  * per GEMM (Ho*Wo >= 256), several images per GEMM (small outputs, including
  * a short last chunk), the 1x1 direct path (no im2col) and its gathered
  * variant, stride 2 with padding on odd sizes, 5x5 kernels, Cin = 1; and
- * the implicit-GEMM kernel (lib/conv_igemm.c, channel counts that are
+ * the implicit-GEMM kernel (lib/conv/conv_igemm.c, channel counts that are
  * multiples of 8), forward and backward against a double reference with
  * the kernel on and off.
  */
@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../lib/conv_igemm.h"
+#include "conv/conv_igemm.h"
 #include "gradcheck.h"
 #include "sd/ops.h"
 
@@ -313,7 +313,7 @@ END_TEST
 
 /* ---- the implicit-GEMM kernel against the reference, on and off ---------- */
 
-/* The kernel runs where the CPU has AVX-512F and FMA (lib/conv_igemm.h,
+/* The kernel runs where the CPU has AVX-512F and FMA (lib/conv/conv_igemm.h,
  * internal: sd__igemm_enable, sd__igemm_available, sd__conv_paths). Decided
  * here from the CPU itself, so that a library that never takes the kernel
  * cannot pass by agreeing with itself. */

@@ -6,6 +6,7 @@
 
 #include "sd/ops.h"
 #include "sd/tensor.h"
+#include "core/graph_internal.h"
 
 START_TEST(test_shapes_and_errors)
 {

@@ -654,7 +654,7 @@ static size_t make_png_raw(uint8_t *b, uint32_t w, uint32_t h, const uint8_t *ra
 }
 
 /* Inputs that reach known bugs of Debian's stb_image 2.27 are refused by our
- * structure checks before stb sees them (see lib/stb_image_impl.c). */
+ * structure checks before stb sees them (see lib/io/stb_image_impl.c). */
 START_TEST(test_decode_stb_screens)
 {
     sd_image img;

@@ -11,9 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
+#include "sd/checkpoint.h"
 #include "gradcheck.h"
-#include "score_model.h"
+#include "sd/score_model.h"
 #include "sd/ops.h"
 #include "sd/rng.h"
 

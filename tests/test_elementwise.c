@@ -11,6 +11,7 @@
 #include "gradcheck.h"
 #include "sd/ops.h"
 #include "test_util.h"
+#include "core/graph_internal.h"
 
 /* Per-element assertion that only talks to Check on failure (every
  * ck_assert call costs a pipe write, far too slow inside element loops). */

@@ -40,9 +40,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "gmm.h"
+#include "sd/gmm.h"
 #include "mixture_check.h"
-#include "sampler.h"
+#include "sd/sampler.h"
 #include "sd/rng.h"
 #include "sd/sde.h"
 

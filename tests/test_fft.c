@@ -14,6 +14,7 @@
 #include "sd/fft.h"
 #include "sd/ops.h"
 #include "test_util.h"
+#include "core/graph_internal.h"
 
 #define PI 3.14159265358979323846
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gmm.h"
+#include "sd/gmm.h"
 #include "sd/rng.h"
 #include "mixture_check.h"
 

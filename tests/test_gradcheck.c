@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "gradcheck.h"
+#include "core/graph_internal.h"
 
 enum fault {
     GOOD,          /* the correct rule */

@@ -20,9 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gmm.h"
-#include "likelihood.h"
-#include "score_model.h"
+#include "sd/gmm.h"
+#include "sd/likelihood.h"
+#include "likelihood_internal.h" /* the score-quadratic-form helpers, tested directly */
+#include "sd/score_model.h"
 #include "sd/rng.h"
 #include "mixture_check.h"
 

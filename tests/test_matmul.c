@@ -1,4 +1,4 @@
-/* test_matmul.c - sd_gemm (lib/gemm.c), sd_matmul and sd_linear (lib/ops_matmul.c). */
+/* test_matmul.c - sd_gemm (lib/gemm/gemm.c), sd_matmul and sd_linear (lib/gemm/ops_matmul.c). */
 #include <check.h>
 #include <math.h>
 #include <omp.h>

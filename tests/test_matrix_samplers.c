@@ -47,10 +47,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "likelihood.h"
+#include "sd/likelihood.h"
 #include "mixture_check.h"
-#include "objective.h"
-#include "sampler.h"
+#include "sd/objective.h"
+#include "sd/sampler.h"
 #include "sd/rng.h"
 #include "sd/sde.h"
 #include "sd/tensor.h"

@@ -20,10 +20,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "gmm.h"
+#include "sd/checkpoint.h"
+#include "sd/gmm.h"
 #include "mixture_check.h"
-#include "score_model.h"
+#include "sd/score_model.h"
 #include "sd/rng.h"
 #include "sd/sde.h"
 

@@ -14,11 +14,11 @@
 #include <string.h>
 
 #include "gradcheck.h"
-#include "mlp.h"
+#include "sd/mlp.h"
 #include "sd/ops.h"
 #include "sd/params.h"
 #include "sd/rng.h"
-#include "unet.h"
+#include "sd/unet.h"
 
 /* The tiny U-Net of the gradient checks: 2 levels, 1 block, 2 groups. */
 static const sd_unet_config TINY = {.channels = 1, .resolution = 8, .ch = 8, .n_levels = 2,

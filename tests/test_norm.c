@@ -1,4 +1,4 @@
-/* test_norm.c - normalisation ops (lib/ops_norm.c): group / instance / layer /
+/* test_norm.c - normalisation ops (lib/ops/ops_norm.c): group / instance / layer /
  * batch norm and the fused SiLU(GroupNorm(x)).
  *
  * Forward values are compared with naive double-precision references written

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ode.h"
+#include "sd/ode.h"
 
 /* ---- test problems -------------------------------------------------------- */
 

@@ -1,4 +1,4 @@
-/* test_params.c - named parameters in one flat buffer (lib/params.c).
+/* test_params.c - named parameters in one flat buffer (lib/core/params.c).
  *
  * Every promise of sd/params.h: declaration order and contiguous offsets,
  * zeroed data after finalize, lookups by name, buffers that live in the flat

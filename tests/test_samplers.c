@@ -1,7 +1,7 @@
 /* test_samplers.c - every sampler against distributions known exactly.
  *
  * The score is the exact score of a Gaussian mixture under the noise family
- * (models/gmm.h). Two mixtures: ring8, 8 components on a circle in 2-D with
+ * (models/include/sd/gmm.h). Two mixtures: ring8, 8 components on a circle in 2-D with
  * rotated anisotropic covariances; and aniso16, 3 components in 16-D with full
  * covariances R diag(lambda) R^T, lambda geometric from 1 down to 0.05
  * (condition number 20) and random rotations R.
@@ -59,10 +59,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gmm.h"
-#include "image_grid.h"
+#include "sd/gmm.h"
+#include "sd/image_grid.h"
 #include "mixture_check.h"
-#include "sampler.h"
+#include "sd/sampler.h"
 #include "sd/data.h"
 #include "sd/rng.h"
 #include "sd/sde.h"

@@ -30,9 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "likelihood.h"
+#include "sd/likelihood.h"
 #include "mixture_check.h"
-#include "sampler.h"
+#include "sd/sampler.h"
 #include "sd/rng.h"
 #include "sd/sde.h"
 #include "sd/sde_family.h"

@@ -31,15 +31,15 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "checkpoint.h"
+#include "sd/checkpoint.h"
 #include "cli.h"
-#include "image_grid.h"
+#include "sd/image_grid.h"
 #include "sd/data.h"
 #include "sd/file.h"
 #include "sd/rng.h"
 #include "sd/safetensors.h"
-#include "ncsnv2.h"
-#include "train_run.h"
+#include "sd/ncsnv2.h"
+#include "sd/train_run.h"
 #include "test_tmp.h"
 
 /* ---- helpers ---------------------------------------------------------------- */

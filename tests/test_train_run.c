@@ -1,4 +1,4 @@
-/* test_train_run.c - the training run as a library (models/train_run.h),
+/* test_train_run.c - the training run as a library (models/include/sd/train_run.h),
  * linked without any tools/ source: defaults, the option table's config.json
  * round trip and range checks, the progress, log and stop hooks, and a run
  * stopped by its stop hook and resumed through sd_train_resume, which must
@@ -13,10 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "option_table.h"
+#include "sd/checkpoint.h"
+#include "sd/option_table.h"
 #include "sd/rng.h"
-#include "train_run.h"
+#include "sd/train_run.h"
 #include "test_tmp.h"
 
 static bool same_file(const char *a, const char *b)

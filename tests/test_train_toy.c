@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "objective.h"
+#include "sd/objective.h"
 #include "sd/rng.h"
-#include "trainer.h"
+#include "sd/trainer.h"
 #include "test_util.h"
 
 enum { N_DATA = 8192, BATCH = 256 };

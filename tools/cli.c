@@ -1,8 +1,8 @@
 /* cli.c - shared command-line helpers; see cli.h. */
 #include "cli.h"
 
-#include "checkpoint.h"
-#include "ode.h"
+#include "sd/checkpoint.h"
+#include "sd/ode.h"
 
 #include <errno.h>
 #include <limits.h>

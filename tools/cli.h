@@ -16,7 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "option_table.h"
+#include "sd/option_table.h"
 #include "sd/status.h"
 
 int sd_cmd_train(int argc, char **argv);
@@ -58,7 +58,7 @@ bool cli_parse_int(const char *cmd, const char *opt, const char *s, long long lo
 bool cli_opt(int argc, char **argv, int *i, const char *name, const char **val, bool *err,
              const char *cmd);
 
-/* Parse argv (argv[0] the command) by an option table (models/option_table.h)
+/* Parse argv (argv[0] the command) by an option table (models/include/sd/option_table.h)
  * into the options struct at base: every entry's flag, its value checked by
  * type and range; bit i of *given (if not NULL) set for entry i. --help / -h
  * sets *help and stops. Returns 0, or 2 after printing the problem (an
@@ -138,7 +138,7 @@ int cli_check_output_dir(const char *cmd, const char *opt, const char *dir, size
  * into buf; NULL if the spec names none. An input like any other. */
 const char *cli_sde_file(const char *spec, char *buf, size_t cap);
 
-/* The lowest --rtol the ODE solvers accept, with the reason (samplers/ode.h). */
+/* The lowest --rtol the ODE solvers accept, with the reason (samplers/include/sd/ode.h). */
 int cli_check_tolerances(const char *cmd, double rtol, double atol);
 
 /* Ensure a directory exists (mkdir -p semantics for one level). */

@@ -1,5 +1,5 @@
 /* cmd_info.c - `scorediff info CKPT|RUN_DIR [--tensors] [--json]`: describe a
- * checkpoint (models/checkpoint.h): every metadata entry it holds, its
+ * checkpoint (models/include/sd/checkpoint.h): every metadata entry it holds, its
  * parameter count, which sections it holds, and whether it loads. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -9,7 +9,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "checkpoint.h"
+#include "sd/checkpoint.h"
 #include "cli.h"
 #include "sd/safetensors.h"
 

@@ -1,6 +1,6 @@
 /* cmd_loglik.c - `scorediff loglik`: log-likelihoods and bits per dimension of
  * held-out data under a trained model or an analytic mixture, by the
- * probability-flow ODE or by ELBO / IWAE (samplers/likelihood.h).
+ * probability-flow ODE or by ELBO / IWAE (samplers/include/sd/likelihood.h).
  *
  * Per item (image or CSV point) one CSV row: index, log p in nats (data
  * space: the data transform's log|det| included), bits/dim for images, NFE,
@@ -14,9 +14,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "checkpoint.h"
+#include "sd/checkpoint.h"
 #include "cli.h"
-#include "likelihood.h"
+#include "sd/likelihood.h"
 #include "sd/data.h"
 #include "sd/file.h"
 #include "sd/rng.h"

@@ -1,5 +1,5 @@
 /* cmd_sample.c - `scorediff sample`: draw samples from a trained score model
- * or an analytic Gaussian mixture with any sampler (samplers/sampler.h), and
+ * or an analytic Gaussian mixture with any sampler (samplers/include/sd/sampler.h), and
  * inpaint or colorize images.
  *
  * Output: OUT.png is one near-square grid with 1-pixel borders; --out-dir
@@ -14,10 +14,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "checkpoint.h"
+#include "sd/checkpoint.h"
 #include "cli.h"
-#include "image_grid.h"
-#include "sampler.h"
+#include "sd/image_grid.h"
+#include "sd/sampler.h"
 #include "sd/data.h"
 #include "sd/file.h"
 

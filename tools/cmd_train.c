@@ -1,5 +1,5 @@
 /* cmd_train.c - `scorediff train`: argv through the option table of the
- * training run (models/train_run.h), --resume, signals, progress display and
+ * training run (models/include/sd/train_run.h), --resume, signals, progress display and
  * the sample-grid hook. The run itself is models/train_run.c. */
 #include <errno.h>
 #include <limits.h>
@@ -10,9 +10,9 @@
 
 #include "cli.h"
 #include "report.h"
-#include "image_grid.h"
-#include "sampler.h"
-#include "train_run.h"
+#include "sd/image_grid.h"
+#include "sd/sampler.h"
+#include "sd/train_run.h"
 
 #define CMD "train"
 

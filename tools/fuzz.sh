@@ -40,23 +40,23 @@ cflags=""
 fuzz_args=()
 case "$name" in
 safetensors)
-    srcs="tests/fuzz/fuzz_safetensors.c lib/safetensors.c lib/status.c lib/file.c"
+    srcs="tests/fuzz/fuzz_safetensors.c lib/io/safetensors.c lib/core/status.c lib/io/file.c"
     libs="libcjson"
     dict="tests/fuzz/safetensors.dict"
     ;;
 image)
-    srcs="tests/fuzz/fuzz_image.c lib/stb_image_impl.c lib/data_image.c lib/data_csv.c lib/status.c lib/mem_budget.c lib/file.c"
+    srcs="tests/fuzz/fuzz_image.c lib/io/stb_image_impl.c lib/io/data_image.c lib/io/data_csv.c lib/core/status.c lib/core/mem_budget.c lib/io/file.c"
     libs="zlib"
     ;;
 csv)
-    srcs="tests/fuzz/fuzz_csv.c lib/data_csv.c lib/data_image.c lib/stb_image_impl.c lib/status.c lib/mem_budget.c lib/file.c"
+    srcs="tests/fuzz/fuzz_csv.c lib/io/data_csv.c lib/io/data_image.c lib/io/stb_image_impl.c lib/core/status.c lib/core/mem_budget.c lib/io/file.c"
     libs="zlib"
     ;;
 cli)
     # the whole program but its main(): every library, model, sampler and command source
-    srcs="tests/fuzz/fuzz_cli.c $(ls lib/*.c models/*.c models/sde/*.c samplers/*.c tools/cli.c tools/cmd_*.c tools/report_inputs.c tools/svg_plot.c)"
+    srcs="tests/fuzz/fuzz_cli.c $(ls lib/*/*.c models/*.c models/sde/*.c samplers/*.c tools/cli.c tools/cmd_*.c tools/report_inputs.c tools/svg_plot.c)"
     libs="openblas fftw3f libcjson lapacke zlib"
-    cflags="-fopenmp -Wno-pass-failed -Itools -Imodels -Imodels/include -Isamplers"
+    cflags="-fopenmp -Wno-pass-failed -Itools -Imodels -Imodels/include -Isamplers/include"
     fuzz_args=(-close_fd_mask=3)
     ;;
 *)
@@ -74,7 +74,7 @@ cd "$root"
 # shellcheck disable=SC2086,SC2046 # word splitting of the source and flag lists is intended
 clang -std=c11 -g -O1 -fno-omit-frame-pointer \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ilib/include $cflags \
+    -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ilib/include -Ilib $cflags \
     $srcs $(pkg-config --cflags --libs $libs) -lm -o "$bin"
 
 args=(-max_total_time="$secs" -timeout=10 -print_final_stats=1

@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   meson ninja-build pkg-config gcc libc6-dev
   libopenblas-dev libfftw3-dev libstb-dev libcjson-dev liblapacke-dev zlib1g-dev
-  check
+  check help2man
 )
 # Extra packages when asked: --with-data for the quick-start demo
 # (Fashion-MNIST), --with-browser for tests/test_report.c, which renders

@@ -5,6 +5,7 @@
 #include "cli.h"
 #include "sd/blas_core.h"
 #include "sd/tensor.h"
+#include "sd/version.h"
 
 typedef struct command {
     const char *name;
@@ -52,7 +53,7 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "--version") == 0) {
         char blas[256];
         sd_blas_describe(blas, sizeof blas);
-        printf("scorediff 0.1.0 (%s)\n", blas);
+        printf("scorediff %s (%s)\n", sd_version(), blas);
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)

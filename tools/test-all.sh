@@ -21,6 +21,9 @@ run_suite() {
 echo "== release build"
 run_suite build-release --buildtype=release
 
+echo "== install into a temporary prefix; the README's example built out of tree (pkg-config)"
+bash tools/check-install.sh build-release
+
 echo "== ASan + UBSan build"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1

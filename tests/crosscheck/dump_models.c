@@ -19,11 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mlp.h"
+#include "sd/mlp.h"
 #include "sd/ops.h"
 #include "sd/params.h"
 #include "sd/rng.h"
-#include "unet.h"
+#include "sd/unet.h"
 
 static int write_npy(const char *dir, const char *model, const char *what, const float *data,
                      int ndim, const int *shape)

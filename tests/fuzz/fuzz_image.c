@@ -5,8 +5,8 @@
  * Build (clang, Debian libclang-rt-14-dev), from the repository root:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Ilib/include \
  *     -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE \
- *     tests/fuzz/fuzz_image.c lib/stb_image_impl.c lib/data_image.c \
- *     lib/data_csv.c lib/status.c lib/mem_budget.c -lm -o fuzz_image
+ *     tests/fuzz/fuzz_image.c lib/io/stb_image_impl.c lib/io/data_image.c \
+ *     lib/io/data_csv.c lib/core/status.c lib/core/mem_budget.c -lm -o fuzz_image
  *   ./fuzz_image -max_len=65536 -max_total_time=60 CORPUS_DIR tests/fuzz/corpus/image
  * (tools/fuzz.sh image does this.) Seeds: tiny valid PNG (gray 1/8-bit,
  * palette + tRNS, 16-bit RGB, RGBA, Adam7 interlaced), JPEG (baseline,

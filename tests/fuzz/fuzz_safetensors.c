@@ -1,7 +1,7 @@
 /* fuzz_safetensors.c - libFuzzer harness for the safetensors reader.
  *
  * Built by tools/fuzz.sh with clang -fsanitize=fuzzer,address,undefined
- * together with lib/safetensors.c and lib/status.c (not through meson).
+ * together with lib/io/safetensors.c and lib/core/status.c (not through meson).
  * sd_safetensors_parse borrows the fuzzer's exactly-sized input buffer, so
  * ASan reports any read outside it. Beyond "no crash", every accepted input
  * must satisfy the reader's contract; a violation traps:

@@ -25,8 +25,8 @@
 #include <time.h>
 
 #include "sd/blas_core.h"
-#include "sampler.h"
-#include "score_model.h"
+#include "sd/sampler.h"
+#include "sd/score_model.h"
 #include "sd/rng.h"
 #include "sd/tensor.h"
 

@@ -35,11 +35,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "score_model.h"
+#include "sd/score_model.h"
 #include "sd/blas_core.h"
 #include "sd/ops.h"
 #include "sd/rng.h"
-#include "trainer.h"
+#include "sd/trainer.h"
+#include "core/graph_internal.h"
 
 #define MIB (1024.0 * 1024.0)
 #define MAX_WINDOWS 64

@@ -89,7 +89,7 @@
 #define SD_IMAGE_MAX_PIXELS ((size_t)1 << 24)
 #define SD_IMAGE_MAX_FILE_BYTES ((size_t)64 << 20)
 
-/* ---- Decoded images (lib/stb_image_impl.c) ---- */
+/* ---- Decoded images (lib/io/stb_image_impl.c) ---- */
 
 /* One decoded image, interleaved: pixels[(y * w + x) * comp + c]. comp is the
  * file's own channel count: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA. */
@@ -120,7 +120,7 @@ void sd_image_free(sd_image *img);
 sd_status sd_image_write_png(const char *path, int w, int h, int comp,
                              const uint8_t *pixels);
 
-/* ---- Image preparation (lib/data_image.c) ---- */
+/* ---- Image preparation (lib/io/data_image.c) ---- */
 
 /* Convert `img` to `channels` (1 or 3) and resample it into out [channels,
  * oh, ow] (planar). size > 0: area-resize the centred min(w,h)^2 square to
@@ -184,7 +184,7 @@ static inline size_t sd_dataset_item_size(const sd_dataset *ds)
 
 void sd_dataset_free(sd_dataset *ds);
 
-/* ---- Batch loader (lib/data_loader.c) ---- */
+/* ---- Batch loader (lib/io/data_loader.c) ---- */
 
 typedef struct sd_loader sd_loader;
 
@@ -214,7 +214,7 @@ double sd_loader_epoch(const sd_loader *ld);
 
 void sd_loader_free(sd_loader *ld);
 
-/* ---- IDX files (lib/idx.c) ---- */
+/* ---- IDX files (lib/io/idx.c) ---- */
 
 /* An IDX file of unsigned bytes (LeCun's MNIST format, also Fashion-MNIST):
  * magic 00 00 08 ndim, ndim big-endian uint32 sizes, then the data. */

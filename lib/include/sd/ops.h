@@ -19,7 +19,7 @@
 
 typedef struct sd_rng sd_rng;
 
-/* ---- elementwise binary, broadcasting (lib/ops_elementwise.c) ---------- */
+/* ---- elementwise binary, broadcasting (lib/ops/ops_elementwise.c) ---------- */
 sd_tensor *sd_add(sd_graph *g, sd_tensor *a, sd_tensor *b);
 /* In place: out = (a + b) * s written over a's buffer (b the same shape as a,
  * or broadcast along whole runs, e.g. [N, C, 1, 1] onto [N, C, H, W]); equal
@@ -36,7 +36,7 @@ sd_tensor *sd_affine_scalar(sd_graph *g, sd_tensor *a, float s, float c);
 sd_tensor *sd_scale(sd_graph *g, sd_tensor *a, float s);
 sd_tensor *sd_shift(sd_graph *g, sd_tensor *a, float c);
 
-/* ---- elementwise unary (lib/ops_unary.c) -------------------------------- */
+/* ---- elementwise unary (lib/ops/ops_unary.c) -------------------------------- */
 sd_tensor *sd_relu(sd_graph *g, sd_tensor *a);
 sd_tensor *sd_leaky_relu(sd_graph *g, sd_tensor *a, float negative_slope);
 sd_tensor *sd_elu(sd_graph *g, sd_tensor *a, float alpha);
@@ -52,7 +52,7 @@ sd_tensor *sd_log(sd_graph *g, sd_tensor *a);
 sd_tensor *sd_square(sd_graph *g, sd_tensor *a);
 sd_tensor *sd_sqrt(sd_graph *g, sd_tensor *a);
 
-/* ---- reductions (lib/ops_reduce.c) ------------------------------------- */
+/* ---- reductions (lib/ops/ops_reduce.c) ------------------------------------- */
 /* Results of full reductions have shape [1]. Accumulation is in double. */
 sd_tensor *sd_sum(sd_graph *g, sd_tensor *a);
 sd_tensor *sd_mean(sd_graph *g, sd_tensor *a);
@@ -65,7 +65,7 @@ sd_tensor *sd_sq_norm(sd_graph *g, sd_tensor *a);
 /* mean((a - b)^2), shape [1]; a and b have the same shape. */
 sd_tensor *sd_mse(sd_graph *g, sd_tensor *a, sd_tensor *b);
 
-/* ---- shape ops (lib/ops_shape.c) --------------------------------------- */
+/* ---- shape ops (lib/ops/ops_shape.c) --------------------------------------- */
 /* Same data, new shape with equal numel; one entry may be -1 (inferred). */
 sd_tensor *sd_reshape(sd_graph *g, sd_tensor *a, int ndim, const int *shape);
 /* Concatenate two 4-D NCHW tensors along C. */
@@ -75,19 +75,19 @@ sd_tensor *sd_upsample2x(sd_graph *g, sd_tensor *x);
 /* 2x2 average pooling, stride 2, of NCHW with even H, W. */
 sd_tensor *sd_avgpool2x(sd_graph *g, sd_tensor *x);
 
-/* ---- dense (lib/ops_matmul.c) ------------------------------------------ */
+/* ---- dense (lib/gemm/ops_matmul.c) ------------------------------------------ */
 /* [M,K] x [K,N] -> [M,N] through cblas_sgemm. */
 sd_tensor *sd_matmul(sd_graph *g, sd_tensor *a, sd_tensor *b);
 /* y = x w^T + b: x [N,in], w [out,in] (PyTorch layout), b [out] or NULL. */
 sd_tensor *sd_linear(sd_graph *g, sd_tensor *x, sd_tensor *w, sd_tensor *b);
 
-/* ---- convolution (lib/ops_conv.c) -------------------------------------- */
+/* ---- convolution (lib/conv/ops_conv.c) -------------------------------------- */
 /* x [N,Cin,H,W], w [Cout,Cin,K,K], b [Cout] or NULL; square kernel, zero
  * padding `pad` on every side, `stride` >= 1.
  * Output [N,Cout,(H+2p-K)/s+1,(W+2p-K)/s+1]. */
 sd_tensor *sd_conv2d(sd_graph *g, sd_tensor *x, sd_tensor *w, sd_tensor *b, int stride, int pad);
 
-/* ---- normalisation (lib/ops_norm.c) ------------------------------------ */
+/* ---- normalisation (lib/ops/ops_norm.c) ------------------------------------ */
 /* x [N,C,...]; statistics per (sample, group) over C/groups x spatial;
  * gamma, beta [C] (either may be NULL: then 1 / 0). */
 sd_tensor *sd_group_norm(sd_graph *g, sd_tensor *x, int groups, sd_tensor *gamma,
@@ -117,12 +117,12 @@ sd_tensor *sd_batch_norm(sd_graph *g, sd_tensor *x, sd_tensor *gamma, sd_tensor 
                          float *running_mean, float *running_var, float momentum,
                          float eps, bool training);
 
-/* ---- stochastic (lib/ops_unary.c) -------------------------------------- */
+/* ---- stochastic (lib/ops/ops_unary.c) -------------------------------------- */
 /* Inverted dropout: zero with probability p, scale kept values by 1/(1-p).
  * Identity when !training or p == 0. Draws from rng. */
 sd_tensor *sd_dropout(sd_graph *g, sd_tensor *x, float p, sd_rng *rng, bool training);
 
-/* ---- Fourier and cosine transforms over H x W (lib/ops_fft.c) ----------- */
+/* ---- Fourier and cosine transforms over H x W (lib/fft/ops_fft.c) ----------- */
 /* Real 2-D FFT of each H x W plane of x [N,C,H,W] (unnormalised, FFTW sign
  * -1). Output [N,C,H,2*(W/2+1)]: the half spectrum, real and imaginary parts
  * interleaved along the last axis. */

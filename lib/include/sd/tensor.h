@@ -132,34 +132,16 @@ bool sd_same_shape(const sd_tensor *a, const sd_tensor *b);
  * leaves and parameters, not of op outputs. */
 sd_status sd_graph_backward(sd_graph *g, sd_tensor *out, const float *cotangent);
 
-/* ---- helpers for op implementations (lib/ops_*.c) ----------------------- */
-/* Scratch that an op needs only while it runs: take a mark before allocating
- * it and rewind to the mark when done, so the next op reuses the bytes. Only
- * valid if nothing allocated after the mark is still referenced. */
-typedef struct sd_arena_mark {
-    void *chunk;
-    size_t used;
-} sd_arena_mark;
-sd_arena_mark sd__arena_mark(sd_graph *g);
-void sd__arena_rewind(sd_graph *g, sd_arena_mark m);
-/* Create the output of an op: allocates the tensor, and if recording and any
- * source requires grad, puts it on the tape with `backward` and `srcs`.
- * srcs may contain NULL past n_src. Returns NULL (and sets the sticky status)
- * on failure. */
-sd_tensor *sd__op_output(sd_graph *g, const char *op, int ndim, const int *shape,
-                         sd_backward_fn backward, int n_src, sd_tensor *const *srcs);
-/* As sd__op_output, but the output shares `data` (numel floats) with a source
- * instead of allocating: views such as reshape. */
-sd_tensor *sd__op_view(sd_graph *g, const char *op, int ndim, const int *shape, float *data,
-                       sd_backward_fn backward, int n_src, sd_tensor *const *srcs);
-/* Record a failure of op `op` in the sticky status and the message; returns NULL. */
-sd_tensor *sd__op_fail(sd_graph *g, sd_status st, const char *fmt, ...)
+/* ---- failures of graph-building code --------------------------------------
+ * Record a failure of op or layer `op` in the graph's sticky status and message
+ * and return NULL, so a function that builds graph nodes (a layer in models/,
+ * an op in lib/) fails the same way as the ops it calls. fmt names the op
+ * first, e.g. sd_graph_fail(g, SD_ERR_INVALID, "fourier: need c[%d] values", n). */
+sd_tensor *sd_graph_fail(sd_graph *g, sd_status st, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
-/* True if t was recorded (needs its backward run). */
-static inline bool sd__recorded(const sd_tensor *t) { return t->backward != NULL; }
 
 /* ---- threads ------------------------------------------------------------ */
 /* Set the number of worker threads for scorediff's own parallel loops (OpenMP)

@@ -25,7 +25,7 @@
  * Matrix-valued families (all on VE's schedule sigma(t) above, g2(t) =
  * d sigma^2/dt = 2 sigma^2 log(sigma_max/sigma_min); keys sigma_min, sigma_max):
  *   dct   images, diagonal in the orthonormal 2-D DCT basis B of each channel
- *         plane (FFTW REDFT10/01, lib/fft_plan.c): blurring diffusion
+ *         plane (FFTW REDFT10/01, lib/fft/fft_plan.c): blurring diffusion
  *         (Hoogeboom & Salimans 2022) / heat dissipation (Rissanen et al. 2023)
  *         with VE noise. Frequency k = (k1, k2) of an H x W plane has the
  *         Neumann Laplacian eigenvalue lambda_k = pi^2 (k1^2/H^2 + k2^2/W^2);

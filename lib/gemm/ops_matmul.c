@@ -8,6 +8,7 @@
  */
 #include "sd/gemm.h"
 #include "sd/ops.h"
+#include "core/graph_internal.h"
 
 #include <limits.h>
 
@@ -31,7 +32,7 @@ sd_tensor *sd_matmul(sd_graph *g, sd_tensor *a, sd_tensor *b)
     if (!a || !b) return NULL;
     char sa[64], sb[64];
     if (a->ndim != 2 || b->ndim != 2 || a->shape[1] != b->shape[0])
-        return sd__op_fail(g, SD_ERR_INVALID,
+        return sd_graph_fail(g, SD_ERR_INVALID,
                            "matmul: cannot multiply %s by %s (need [M,K] x [K,N])",
                            sd_shape_str(a, sa, sizeof sa), sd_shape_str(b, sb, sizeof sb));
     int M = a->shape[0], K = a->shape[1], N = b->shape[1];
@@ -76,15 +77,15 @@ sd_tensor *sd_linear(sd_graph *g, sd_tensor *x, sd_tensor *w, sd_tensor *b)
     if (!x || !w) return NULL;
     char sx[64], sw[64], sb[64];
     if (w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1])
-        return sd__op_fail(g, SD_ERR_INVALID,
+        return sd_graph_fail(g, SD_ERR_INVALID,
                            "linear: x %s does not match w %s (need x [..., in], w [out, in])",
                            sd_shape_str(x, sx, sizeof sx), sd_shape_str(w, sw, sizeof sw));
     int Do = w->shape[0], Di = w->shape[1];
     if (x->numel / (size_t)Di > (size_t)INT_MAX)
-        return sd__op_fail(g, SD_ERR_INVALID, "linear: x %s has more than INT_MAX rows",
+        return sd_graph_fail(g, SD_ERR_INVALID, "linear: x %s has more than INT_MAX rows",
                            sd_shape_str(x, sx, sizeof sx));
     if (b && (b->ndim != 1 || b->shape[0] != Do))
-        return sd__op_fail(g, SD_ERR_INVALID, "linear: bias %s does not match w %s (need [%d])",
+        return sd_graph_fail(g, SD_ERR_INVALID, "linear: bias %s does not match w %s (need [%d])",
                            sd_shape_str(b, sb, sizeof sb), sd_shape_str(w, sw, sizeof sw), Do);
     int shape[SD_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];

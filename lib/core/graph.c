@@ -6,6 +6,7 @@
  * size, so from the second identical step on nothing is allocated.
  */
 #include "sd/tensor.h"
+#include "core/graph_internal.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -218,7 +219,7 @@ float *sd_graph_alloc_floats(sd_graph *g, size_t n)
     return sd_graph_alloc(g, bytes);
 }
 
-sd_tensor *sd__op_fail(sd_graph *g, sd_status st, const char *fmt, ...)
+sd_tensor *sd_graph_fail(sd_graph *g, sd_status st, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -240,14 +241,14 @@ sd_tensor *sd__op_fail(sd_graph *g, sd_status st, const char *fmt, ...)
 static sd_tensor *tensor_header(sd_graph *g, int ndim, const int *shape)
 {
     if (ndim < 1 || ndim > SD_MAX_DIMS)
-        return sd__op_fail(g, SD_ERR_INVALID, "tensor: %d dimensions (1 to %d allowed)", ndim,
+        return sd_graph_fail(g, SD_ERR_INVALID, "tensor: %d dimensions (1 to %d allowed)", ndim,
                            SD_MAX_DIMS);
     size_t numel = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 1)
-            return sd__op_fail(g, SD_ERR_INVALID, "tensor: dimension %d has size %d", i, shape[i]);
+            return sd_graph_fail(g, SD_ERR_INVALID, "tensor: dimension %d has size %d", i, shape[i]);
         if (sd_mul_size(numel, (size_t)shape[i], &numel))
-            return sd__op_fail(g, SD_ERR_NOMEM, "tensor: element count overflows");
+            return sd_graph_fail(g, SD_ERR_NOMEM, "tensor: element count overflows");
     }
     sd_tensor *t = sd_graph_alloc(g, sizeof *t);
     if (!t) return NULL; /* sd_graph_alloc set the status and said why */
@@ -264,7 +265,7 @@ sd_tensor *sd_tensor_new(sd_graph *g, int ndim, const int *shape)
     sd_tensor *t = tensor_header(g, ndim, shape);
     if (!t) return NULL;
     t->data = sd_graph_alloc_floats(g, t->numel);
-    if (!t->data) return sd__op_fail(g, SD_ERR_NOMEM, "tensor: out of memory for %zu floats", t->numel);
+    if (!t->data) return sd_graph_fail(g, SD_ERR_NOMEM, "tensor: out of memory for %zu floats", t->numel);
     return t;
 }
 
@@ -283,7 +284,7 @@ sd_tensor *sd_tensor_new_like(sd_graph *g, const sd_tensor *t)
 
 sd_tensor *sd_tensor_wrap(sd_graph *g, int ndim, const int *shape, float *data, float *grad)
 {
-    if (!data) return sd__op_fail(g, SD_ERR_INVALID, "tensor_wrap: NULL data");
+    if (!data) return sd_graph_fail(g, SD_ERR_INVALID, "tensor_wrap: NULL data");
     sd_tensor *t = tensor_header(g, ndim, shape);
     if (!t) return NULL;
     t->data = data;

@@ -24,7 +24,7 @@
  * TK * MV FMAs (TK * MV = 24). The K rows of dw are split between threads
  * (no reduction across threads), in 24-row units so that the tiles, and
  * hence every sum, are the same for any thread count. */
-#include "conv_igemm.h"
+#include "conv/conv_igemm.h"
 
 #include <stdint.h>
 #include <string.h>

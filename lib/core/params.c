@@ -104,7 +104,7 @@ int sd_params_find(const sd_params *p, const char *name)
 sd_tensor *sd_params_tensor(sd_graph *g, sd_params *p, int idx)
 {
     if (!p->finalized || idx < 0 || (size_t)idx >= p->count)
-        return sd__op_fail(g, SD_ERR_INVALID, "params: no parameter %d (or not finalized)", idx);
+        return sd_graph_fail(g, SD_ERR_INVALID, "params: no parameter %d (or not finalized)", idx);
     sd_param *it = &p->items[idx];
     sd_tensor *t = sd_tensor_wrap(g, it->ndim, it->shape, p->data + it->offset,
                                   it->trainable ? p->grad + it->offset : NULL);

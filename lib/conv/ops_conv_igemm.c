@@ -13,8 +13,8 @@
  * sgemm; tests/test_conv.c runs both against a double reference. */
 #include <string.h>
 
-#include "conv_geom.h"
-#include "conv_igemm.h"
+#include "conv/conv_geom.h"
+#include "conv/conv_igemm.h"
 
 /* Tight phase planes for the implicit GEMM: ph [Cin, s*s, Hp*Wp] with
  * ph[c, ry*s+rx, i*Wp+j] = x_n[c, i*s+ry, j*s+rx]. No border rows and no

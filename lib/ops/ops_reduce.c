@@ -11,6 +11,7 @@
  * axis: out[o, j] = sum_k a[o, k, j].
  */
 #include "sd/ops.h"
+#include "core/graph_internal.h"
 
 #include <stdio.h>
 
@@ -114,7 +115,7 @@ static sd_tensor *rd_full(sd_graph *g, rd_kind k, sd_tensor *a, sd_tensor *b)
     if (!a || (k == RD_MSE && !b)) return NULL;
     if (k == RD_MSE && !sd_same_shape(a, b)) {
         char sa[64], sb[64];
-        return sd__op_fail(g, SD_ERR_INVALID, "mse: shapes %s and %s differ",
+        return sd_graph_fail(g, SD_ERR_INVALID, "mse: shapes %s and %s differ",
                            sd_shape_str(a, sa, sizeof sa), sd_shape_str(b, sb, sizeof sb));
     }
     sd_tensor *srcs[2] = {a, b};
@@ -124,7 +125,7 @@ static sd_tensor *rd_full(sd_graph *g, rd_kind k, sd_tensor *a, sd_tensor *b)
     out->params.i[0] = (int)k;
     size_t n = a->numel;
     double *part = sd_graph_alloc(g, ((n + RD_BLOCK - 1) / RD_BLOCK) * sizeof(double));
-    if (!part) return sd__op_fail(g, SD_ERR_NOMEM, "%s: out of memory", rd_names[k]);
+    if (!part) return sd_graph_fail(g, SD_ERR_NOMEM, "%s: out of memory", rd_names[k]);
     double s = rd_total(k, a->data, b ? b->data : NULL, n, part);
     if (k == RD_MEAN || k == RD_MSE) s /= (double)n;
     out->data[0] = (float)s;
@@ -176,7 +177,7 @@ static sd_tensor *rd_axis(sd_graph *g, const char *name, bool mean, sd_tensor *a
     int ax = axis < 0 ? axis + a->ndim : axis;
     if (ax < 0 || ax >= a->ndim) {
         char sa[64];
-        return sd__op_fail(g, SD_ERR_INVALID, "%s: axis %d out of range for %s", name, axis,
+        return sd_graph_fail(g, SD_ERR_INVALID, "%s: axis %d out of range for %s", name, axis,
                            sd_shape_str(a, sa, sizeof sa));
     }
     int shape[SD_MAX_DIMS], nd = 0;

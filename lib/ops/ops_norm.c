@@ -44,8 +44,9 @@
  * element and every reduction is computed by one thread in a fixed order,
  * so results do not depend on the thread count.
  */
-#include "ops_internal.h"
+#include "ops/ops_internal.h"
 #include "sd/ops.h"
+#include "core/graph_internal.h"
 
 #include <math.h>
 #include <omp.h>
@@ -68,17 +69,17 @@ static bool affine_ok(sd_graph *g, const char *op, const sd_tensor *x, const sd_
 {
     char bx[64], bp[64];
     if (gamma && gamma->numel != C) {
-        sd__op_fail(g, SD_ERR_INVALID, "%s: gamma has shape %s, expected %zu elements for x %s",
+        sd_graph_fail(g, SD_ERR_INVALID, "%s: gamma has shape %s, expected %zu elements for x %s",
                     op, sd_shape_str(gamma, bp, sizeof bp), C, sd_shape_str(x, bx, sizeof bx));
         return false;
     }
     if (beta && beta->numel != C) {
-        sd__op_fail(g, SD_ERR_INVALID, "%s: beta has shape %s, expected %zu elements for x %s",
+        sd_graph_fail(g, SD_ERR_INVALID, "%s: beta has shape %s, expected %zu elements for x %s",
                     op, sd_shape_str(beta, bp, sizeof bp), C, sd_shape_str(x, bx, sizeof bx));
         return false;
     }
     if (!(eps >= 0.0f) || !isfinite(eps)) {
-        sd__op_fail(g, SD_ERR_INVALID, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
+        sd_graph_fail(g, SD_ERR_INVALID, "%s: eps must be finite and >= 0, got %g", op, (double)eps);
         return false;
     }
     return true;
@@ -445,9 +446,9 @@ static sd_tensor *gn_run(sd_graph *g, const char *op, sd_tensor *x, int groups, 
     if (sd__recorded(out)) {
         size_t bytes;
         if (sd_mul_size(d.N * d.G, sizeof *stats, &bytes))
-            return sd__op_fail(g, SD_ERR_NOMEM, "%s: statistics size overflows", op);
+            return sd_graph_fail(g, SD_ERR_NOMEM, "%s: statistics size overflows", op);
         stats = sd_graph_alloc(g, bytes);
-        if (!stats) return sd__op_fail(g, SD_ERR_NOMEM, "%s: out of memory for statistics", op);
+        if (!stats) return sd_graph_fail(g, SD_ERR_NOMEM, "%s: out of memory for statistics", op);
         out->saved = stats;
         out->params.i[GN_P_GROUPS] = groups;
         out->params.i[GN_P_LAYER] = layer;
@@ -463,10 +464,10 @@ static sd_tensor *gn_entry(sd_graph *g, const char *op, sd_tensor *x, int groups
     char bx[64];
     if (!x) return NULL;
     if (x->ndim < 2)
-        return sd__op_fail(g, SD_ERR_INVALID, "%s: x must be [N, C, ...], got %s", op,
+        return sd_graph_fail(g, SD_ERR_INVALID, "%s: x must be [N, C, ...], got %s", op,
                            sd_shape_str(x, bx, sizeof bx));
     if (groups < 1 || x->shape[1] % groups != 0)
-        return sd__op_fail(g, SD_ERR_INVALID, "%s: %d groups do not divide the %d channels of x %s",
+        return sd_graph_fail(g, SD_ERR_INVALID, "%s: %d groups do not divide the %d channels of x %s",
                            op, groups, x->shape[1], sd_shape_str(x, bx, sizeof bx));
     return gn_run(g, op, x, groups, false, gamma, beta, eps, silu);
 }
@@ -476,10 +477,10 @@ bool sd__gn_check(sd_graph *g, const char *op, sd_tensor *x, int groups, sd_tens
 {
     char bx[64];
     if (x->ndim < 2)
-        return sd__op_fail(g, SD_ERR_INVALID, "%s: x must be [N, C, ...], got %s", op,
+        return sd_graph_fail(g, SD_ERR_INVALID, "%s: x must be [N, C, ...], got %s", op,
                            sd_shape_str(x, bx, sizeof bx)) != NULL;
     if (groups < 1 || x->shape[1] % groups != 0)
-        return sd__op_fail(g, SD_ERR_INVALID, "%s: %d groups do not divide the %d channels of x %s",
+        return sd_graph_fail(g, SD_ERR_INVALID, "%s: %d groups do not divide the %d channels of x %s",
                            op, groups, x->shape[1], sd_shape_str(x, bx, sizeof bx)) != NULL;
     const gn_dims d = gn_dims_of(x, groups, false);
     return affine_ok(g, op, x, gamma, beta, d.G * d.Cg, eps);
@@ -527,7 +528,7 @@ sd_tensor *sd_instance_norm(sd_graph *g, sd_tensor *x, sd_tensor *gamma, sd_tens
     if (!x) return NULL;
     /* Without spatial dims every set would be one element (output = beta). */
     if (x->ndim < 3)
-        return sd__op_fail(g, SD_ERR_INVALID, "instance_norm: x must be [N, C, spatial...], got %s",
+        return sd_graph_fail(g, SD_ERR_INVALID, "instance_norm: x must be [N, C, spatial...], got %s",
                            sd_shape_str(x, bx, sizeof bx));
     return gn_run(g, "instance_norm", x, x->shape[1], false, gamma, beta, eps, false);
 }
@@ -685,19 +686,19 @@ sd_tensor *sd_batch_norm(sd_graph *g, sd_tensor *x, sd_tensor *gamma, sd_tensor 
     char bx[64];
     if (!x) return NULL;
     if (x->ndim < 2)
-        return sd__op_fail(g, SD_ERR_INVALID, "batch_norm: x must be [N, C] or [N, C, H, W], got %s",
+        return sd_graph_fail(g, SD_ERR_INVALID, "batch_norm: x must be [N, C] or [N, C, H, W], got %s",
                            sd_shape_str(x, bx, sizeof bx));
     const size_t N = (size_t)x->shape[0], C = (size_t)x->shape[1], S = x->numel / (N * C);
     if (!affine_ok(g, "batch_norm", x, gamma, beta, C, eps)) return NULL;
     if (!training && (!running_mean || !running_var))
-        return sd__op_fail(g, SD_ERR_INVALID,
+        return sd_graph_fail(g, SD_ERR_INVALID,
                            "batch_norm: eval mode needs running_mean and running_var, got NULL");
     if (training && N * S < 2)
-        return sd__op_fail(g, SD_ERR_INVALID,
+        return sd_graph_fail(g, SD_ERR_INVALID,
                            "batch_norm: training needs more than 1 value per channel, x is %s",
                            sd_shape_str(x, bx, sizeof bx));
     if (training && !(momentum >= 0.0f && momentum <= 1.0f))
-        return sd__op_fail(g, SD_ERR_INVALID, "batch_norm: momentum must be in [0, 1], got %g",
+        return sd_graph_fail(g, SD_ERR_INVALID, "batch_norm: momentum must be in [0, 1], got %g",
                            (double)momentum);
     sd_tensor *srcs[3] = {x, gamma, beta};
     sd_tensor *out = sd__op_output(g, "batch_norm", x->ndim, x->shape, bn_backward, 3, srcs);
@@ -706,7 +707,7 @@ sd_tensor *sd_batch_norm(sd_graph *g, sd_tensor *x, sd_tensor *gamma, sd_tensor 
      * are also what backward needs, copied so that later changes to the
      * caller's running arrays cannot affect it. */
     norm_stat *stats = sd_graph_alloc(g, C * sizeof *stats);
-    if (!stats) return sd__op_fail(g, SD_ERR_NOMEM, "batch_norm: out of memory for statistics");
+    if (!stats) return sd_graph_fail(g, SD_ERR_NOMEM, "batch_norm: out of memory for statistics");
     if (training) {
         bn_batch_stats(x->data, N, C, S, eps, momentum, running_mean, running_var, stats);
     } else {

@@ -17,7 +17,7 @@
  *
  * A run lives in one directory RUN_DIR (--out):
  *   RUN_DIR/config.json              every setting, resolved (written atomically)
- *   RUN_DIR/checkpoint.safetensors   the latest checkpoint (models/checkpoint.h),
+ *   RUN_DIR/checkpoint.safetensors   the latest checkpoint (models/include/sd/checkpoint.h),
  *                                    replaced atomically every --ckpt-every steps,
  *                                    at the end, and when interrupted
  *   RUN_DIR/metrics.csv              one row per --log-every steps (and at every
@@ -46,7 +46,7 @@
  * that Technique 2's ratio gamma gives; Technique 4's Langevin step size is
  * reported (and stored in config.json as ncsnv2.langevin_eps, T = 5) for
  * the samplers: it is the eps of x <- x + alpha_i s + sqrt(2 alpha_i) z with
- * alpha_i = eps sigma_i^2 / sigma_L^2 (NCSNv2's Alg. 1, samplers/sampler.h).
+ * alpha_i = eps sigma_i^2 / sigma_L^2 (NCSNv2's Alg. 1, samplers/include/sd/sampler.h).
  */
 #ifndef SD_TRAIN_RUN_H
 #define SD_TRAIN_RUN_H
@@ -55,9 +55,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "objective.h"
-#include "option_table.h"
-#include "score_model.h"
+#include "sd/objective.h"
+#include "sd/option_table.h"
+#include "sd/score_model.h"
 
 #define SD_TRAIN_PATH_MAX 4096
 #define SD_TRAIN_MAX_BATCH 65536

@@ -17,7 +17,7 @@
  *             M steps at a target signal-to-noise ratio.
  *   ode       the probability flow ODE dx/dt = F(t) x - 1/2 G G^T(t) s(x, t)
  *             (their eq. 13) with Euler, Heun, RK4 or adaptive RK45
- *             (samplers/ode.h); also integrates data -> latent (encoding).
+ *             (samplers/include/sd/ode.h); also integrates data -> latent (encoding).
  *   heun      few-step: EDM's Heun sampler (Karras et al. 2022, Alg. 2,
  *             samplers/edm.c), N steps = 2N - 1 NFE, optional churn.
  *   dpm2m     few-step: DPM-Solver++(2M) (Lu et al. 2022,
@@ -90,8 +90,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ode.h"
-#include "score_model.h"
+#include "sd/ode.h"
+#include "sd/score_model.h"
 #include "sd/rng.h"
 #include "sd/sde.h"
 

@@ -44,11 +44,12 @@
  * price: a batch that is a single chunk (one 28x28 image, a few at 7x7) runs
  * on one core; batches are what feed the cores.
  */
-#include "conv_geom.h"
-#include "conv_igemm.h"
-#include "ops_internal.h"
+#include "conv/conv_geom.h"
+#include "conv/conv_igemm.h"
+#include "ops/ops_internal.h"
 #include "sd/gemm.h"
 #include "sd/ops.h"
+#include "core/graph_internal.h"
 
 #include <limits.h>
 #include <stdint.h>
@@ -728,29 +729,29 @@ bool sd__conv2d_check(sd_graph *gr, const sd_tensor *x, const sd_tensor *w, cons
     sd_shape_str(x, sx, sizeof sx);
     sd_shape_str(w, sw, sizeof sw);
     if (x->ndim != 4 || w->ndim != 4 || w->shape[2] != w->shape[3])
-        return sd__op_fail(gr, SD_ERR_INVALID,
+        return sd_graph_fail(gr, SD_ERR_INVALID,
                            "conv2d: need x [N,Cin,H,W] and a square kernel w [Cout,Cin,K,K], "
                            "got x %s, w %s",
                            sx, sw) != NULL;
     if (x->shape[1] != w->shape[1])
-        return sd__op_fail(gr, SD_ERR_INVALID, "conv2d: x %s has %d channels but w %s expects %d",
+        return sd_graph_fail(gr, SD_ERR_INVALID, "conv2d: x %s has %d channels but w %s expects %d",
                            sx, x->shape[1], sw, w->shape[1]) != NULL;
     if (b && (b->ndim != 1 || b->shape[0] != w->shape[0]))
-        return sd__op_fail(gr, SD_ERR_INVALID, "conv2d: bias %s does not match w %s (need [%d])",
+        return sd_graph_fail(gr, SD_ERR_INVALID, "conv2d: bias %s does not match w %s (need [%d])",
                            sd_shape_str(b, sb, sizeof sb), sw, w->shape[0]) != NULL;
     if (stride < 1 || pad < 0)
-        return sd__op_fail(gr, SD_ERR_INVALID, "conv2d: stride %d must be >= 1 and padding %d >= 0",
+        return sd_graph_fail(gr, SD_ERR_INVALID, "conv2d: stride %d must be >= 1 and padding %d >= 0",
                            stride, pad) != NULL;
     int K = w->shape[2];
     long long hpad = (long long)x->shape[2] + 2LL * pad, wpad = (long long)x->shape[3] + 2LL * pad;
     if (K > hpad || K > wpad)
-        return sd__op_fail(gr, SD_ERR_INVALID,
+        return sd_graph_fail(gr, SD_ERR_INVALID,
                            "conv2d: kernel %dx%d larger than the padded input of x %s (pad %d)", K,
                            K, sx, pad) != NULL;
     /* Keep every GEMM dimension and buffer index comfortably inside int. */
     if (hpad * wpad > INT_MAX / 8 || (long long)w->shape[0] * K * K > INT_MAX / 64 ||
         (long long)w->shape[1] * K * K > INT_MAX / 64 || x->numel / (size_t)x->shape[0] > INT_MAX)
-        return sd__op_fail(gr, SD_ERR_INVALID, "conv2d: x %s, w %s (pad %d) too large", sx, sw,
+        return sd_graph_fail(gr, SD_ERR_INVALID, "conv2d: x %s, w %s (pad %d) too large", sx, sw,
                            pad) != NULL;
 
     return true;
@@ -849,6 +850,6 @@ sd_tensor *sd_conv2d(sd_graph *gr, sd_tensor *x, sd_tensor *w, sd_tensor *b, int
     out->params.i[0] = stride;
     out->params.i[1] = pad;
     if (sd__conv2d_forward_into(gr, x, w, b, stride, pad, out->data) != SD_OK)
-        return sd__op_fail(gr, SD_ERR_NOMEM, "%s", sd_error_message());
+        return sd_graph_fail(gr, SD_ERR_NOMEM, "%s", sd_error_message());
     return out;
 }

@@ -8,6 +8,7 @@
  * data allocated), recorded on the tape only when a gradient is needed.
  */
 #include "sd/ops.h"
+#include "core/graph_internal.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -46,7 +47,7 @@ sd_tensor *sd_reshape(sd_graph *g, sd_tensor *a, int ndim, const int *shape)
     if (!a) return NULL;
     char sa[64], sr[96];
     if (!shape || ndim < 1 || ndim > SD_MAX_DIMS)
-        return sd__op_fail(g, SD_ERR_INVALID, "reshape: %d dimensions (1 to %d allowed)", ndim,
+        return sd_graph_fail(g, SD_ERR_INVALID, "reshape: %d dimensions (1 to %d allowed)", ndim,
                            SD_MAX_DIMS);
     int s[SD_MAX_DIMS], infer = -1;
     size_t known = 1;
@@ -55,7 +56,7 @@ sd_tensor *sd_reshape(sd_graph *g, sd_tensor *a, int ndim, const int *shape)
         if (shape[d] == -1 && infer < 0) {
             infer = d;
         } else if (shape[d] < 1) {
-            return sd__op_fail(g, SD_ERR_INVALID,
+            return sd_graph_fail(g, SD_ERR_INVALID,
                                "reshape: bad target %s for %s (sizes >= 1, at most one -1)",
                                shape_req_str(ndim, shape, sr, sizeof sr),
                                sd_shape_str(a, sa, sizeof sa));
@@ -69,7 +70,7 @@ sd_tensor *sd_reshape(sd_graph *g, sd_tensor *a, int ndim, const int *shape)
         known *= (size_t)s[infer];
     }
     if (known != a->numel)
-        return sd__op_fail(g, SD_ERR_INVALID, "reshape: cannot reshape %s (%zu elements) to %s",
+        return sd_graph_fail(g, SD_ERR_INVALID, "reshape: cannot reshape %s (%zu elements) to %s",
                            sd_shape_str(a, sa, sizeof sa), a->numel,
                            shape_req_str(ndim, shape, sr, sizeof sr));
 
@@ -108,7 +109,7 @@ sd_tensor *sd_concat_channels(sd_graph *g, sd_tensor *a, sd_tensor *b)
         a->shape[2] != b->shape[2] || a->shape[3] != b->shape[3] ||
         a->shape[1] > INT_MAX - b->shape[1]) {
         char sa[64], sb[64];
-        return sd__op_fail(g, SD_ERR_INVALID,
+        return sd_graph_fail(g, SD_ERR_INVALID,
                            "concat_channels: %s and %s must be 4-D NCHW with equal N, H, W",
                            sd_shape_str(a, sa, sizeof sa), sd_shape_str(b, sb, sizeof sb));
     }
@@ -158,7 +159,7 @@ sd_tensor *sd_upsample2x(sd_graph *g, sd_tensor *x)
     if (!x) return NULL;
     if (x->ndim != 4 || x->shape[2] > INT_MAX / 2 || x->shape[3] > INT_MAX / 2) {
         char sx[64];
-        return sd__op_fail(g, SD_ERR_INVALID, "upsample2x: input %s must be 4-D NCHW",
+        return sd_graph_fail(g, SD_ERR_INVALID, "upsample2x: input %s must be 4-D NCHW",
                            sd_shape_str(x, sx, sizeof sx));
     }
     int shape[4] = {x->shape[0], x->shape[1], 2 * x->shape[2], 2 * x->shape[3]};
@@ -210,7 +211,7 @@ sd_tensor *sd_avgpool2x(sd_graph *g, sd_tensor *x)
     if (!x) return NULL;
     if (x->ndim != 4 || x->shape[2] % 2 || x->shape[3] % 2) {
         char sx[64];
-        return sd__op_fail(g, SD_ERR_INVALID,
+        return sd_graph_fail(g, SD_ERR_INVALID,
                            "avgpool2x: input %s must be 4-D NCHW with even H and W",
                            sd_shape_str(x, sx, sizeof sx));
     }

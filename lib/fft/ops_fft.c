@@ -24,6 +24,7 @@
  */
 #include "sd/fft.h"
 #include "sd/ops.h"
+#include "core/graph_internal.h"
 
 #include <limits.h>
 #include <string.h>
@@ -35,7 +36,7 @@ static bool plane_geom(sd_graph *g, const char *op, const sd_tensor *x, int *P, 
 {
     char buf[64];
     if (x->ndim < 2) {
-        sd__op_fail(g, SD_ERR_INVALID, "%s: needs at least 2 dims [.., H, W], got %s", op,
+        sd_graph_fail(g, SD_ERR_INVALID, "%s: needs at least 2 dims [.., H, W], got %s", op,
                     sd_shape_str(x, buf, sizeof buf));
         return false;
     }
@@ -43,7 +44,7 @@ static bool plane_geom(sd_graph *g, const char *op, const sd_tensor *x, int *P, 
     *W = x->shape[x->ndim - 1];
     size_t planes = x->numel / ((size_t)*H * (size_t)*W);
     if (planes > (size_t)INT_MAX) {
-        sd__op_fail(g, SD_ERR_INVALID, "%s: too many planes in %s", op,
+        sd_graph_fail(g, SD_ERR_INVALID, "%s: too many planes in %s", op,
                     sd_shape_str(x, buf, sizeof buf));
         return false;
     }
@@ -120,9 +121,9 @@ sd_tensor *sd_rfft2(sd_graph *g, sd_tensor *x)
     if (!x) return NULL;
     int P, H, W;
     if (!plane_geom(g, "rfft2", x, &P, &H, &W)) return NULL;
-    if (W > INT_MAX - 2) return sd__op_fail(g, SD_ERR_INVALID, "rfft2: width %d too large", W);
+    if (W > INT_MAX - 2) return sd_graph_fail(g, SD_ERR_INVALID, "rfft2: width %d too large", W);
     fftwf_plan plan = sd_fft_plan_get(SD_FFT_R2C, H, W);
-    if (!plan) return sd__op_fail(g, SD_ERR_NOMEM, "rfft2: %s", sd_error_message());
+    if (!plan) return sd_graph_fail(g, SD_ERR_NOMEM, "rfft2: %s", sd_error_message());
     int shape[SD_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = 2 * (W / 2 + 1);
@@ -186,12 +187,12 @@ sd_tensor *sd_irfft2(sd_graph *g, sd_tensor *X, int W)
     int P, H, Wc;
     if (!plane_geom(g, "irfft2", X, &P, &H, &Wc)) return NULL;
     if (W < 1 || 2 * ((long long)W / 2 + 1) != Wc)
-        return sd__op_fail(g, SD_ERR_INVALID,
+        return sd_graph_fail(g, SD_ERR_INVALID,
                            "irfft2: X %s has a last dimension of %d, but width W = %d needs "
                            "2*(W/2+1) = %lld (W must be >= 1)",
                            sd_shape_str(X, buf, sizeof buf), Wc, W, 2 * ((long long)W / 2 + 1));
     fftwf_plan plan = sd_fft_plan_get(SD_FFT_C2R, H, W);
-    if (!plan) return sd__op_fail(g, SD_ERR_NOMEM, "irfft2: %s", sd_error_message());
+    if (!plan) return sd_graph_fail(g, SD_ERR_NOMEM, "irfft2: %s", sd_error_message());
     int shape[SD_MAX_DIMS];
     memcpy(shape, X->shape, sizeof shape);
     shape[X->ndim - 1] = W;
@@ -200,7 +201,7 @@ sd_tensor *sd_irfft2(sd_graph *g, sd_tensor *X, int W)
     /* c2r destroys its input and needs Hermitian self-conjugate columns: work
      * on a projected copy [P][H][Wh] complex, with 1/(HW) folded in. */
     float *z = sd_graph_alloc_floats(g, X->numel);
-    if (!z) return sd__op_fail(g, SD_ERR_NOMEM, "irfft2: out of memory for scratch");
+    if (!z) return sd_graph_fail(g, SD_ERR_NOMEM, "irfft2: out of memory for scratch");
     float inv = (float)(1.0 / ((double)H * (double)W));
     size_t hw = (size_t)H * (size_t)W, ch = (size_t)H * (size_t)Wc;
     size_t total = X->numel;
@@ -245,12 +246,12 @@ static sd_tensor *dct_op(sd_graph *g, sd_tensor *x, bool inverse)
     if (!plane_geom(g, op, x, &P, &H, &W)) return NULL;
     /* Plan first so that a planner failure leaves no half-made output. */
     if (!sd_fft_plan_get(inverse ? SD_FFT_DCT3 : SD_FFT_DCT2, H, W))
-        return sd__op_fail(g, SD_ERR_NOMEM, "%s: %s", op, sd_error_message());
+        return sd_graph_fail(g, SD_ERR_NOMEM, "%s: %s", op, sd_error_message());
     sd_tensor *out = sd__op_output(g, op, x->ndim, x->shape,
                                    inverse ? idct2_backward : dct2_backward, 1, &x);
     if (!out) return NULL;
     sd_status st = sd_dct2_planes(x->data, out->data, P, H, W, inverse);
-    if (st != SD_OK) return sd__op_fail(g, st, "%s: %s", op, sd_error_message());
+    if (st != SD_OK) return sd_graph_fail(g, st, "%s: %s", op, sd_error_message());
     return out;
 }
 

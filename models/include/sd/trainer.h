@@ -22,7 +22,7 @@
 #ifndef SD_TRAINER_H
 #define SD_TRAINER_H
 
-#include "objective.h"
+#include "sd/objective.h"
 #include "sd/optim.h"
 #include "sd/rng.h"
 

@@ -31,7 +31,7 @@
 
 #include <stdbool.h>
 
-#include "fourier.h"
+#include "sd/fourier.h"
 #include "sd/params.h"
 #include "sd/tensor.h"
 

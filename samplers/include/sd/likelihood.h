@@ -8,7 +8,7 @@
  *    moves p_eps to p_T, and by the instantaneous change of variables (Chen et
  *    al. 2018, "Neural ODEs", Thm. 1)
  *        log p_eps(x) = log p_T(x_T) + int_eps^T div f~(x_t, t) dt.
- *    [x, accumulated divergence] is solved with adaptive RK45 (samplers/ode.h).
+ *    [x, accumulated divergence] is solved with adaptive RK45 (samplers/include/sd/ode.h).
  *    div f~ = div f - 1/2 tr(G G^T grad s) is exact (one vector-Jacobian
  *    product per dimension; the analytic Hessian for the gmm) or Hutchinson's
  *    estimator v^T (grad f~) v = v^T F v - 1/2 v^T G G^T (grad s) v with
@@ -83,7 +83,7 @@
 
 #include <stdint.h>
 
-#include "score_model.h"
+#include "sd/score_model.h"
 
 typedef enum sd_lik_div {
     SD_LIK_DIV_AUTO = 0,   /* exact if D <= 64, else Hutchinson */
@@ -182,26 +182,5 @@ typedef struct sd_lik_stats {
 void sd_lik_stats_add(sd_lik_stats *s, double v);
 /* Standard error of the mean, sqrt(var / n) with the unbiased variance (0 for n < 2). */
 double sd_lik_stats_se(const sd_lik_stats *s);
-
-/* ---- shared by likelihood.c and elbo.c (not a public interface) --------- */
-struct sd_lik;
-/* Score s [n, D] at float points x and time t, and quadratic forms
- * q[p * m + j] = u_pj^T (grad s)(x_p) v_pj for m probes per point, where
- * u = G G^T v if weighted else u = v. With probes == NULL it computes the
- * exact traces q[p] = tr(G G^T grad s) (or tr grad s), m ignored. */
-sd_status sd__lik_score_quad(struct sd_lik *lk, const float *x, size_t n, double t,
-                             const float *probes, int m, int weighted, float *s, double *q);
-/* Score s [n, D] and the symmetrised score Jacobian J [n, D, D] (double). */
-sd_status sd__lik_score_jacobian(struct sd_lik *lk, const float *x, size_t n, double t, float *s,
-                                 double *J);
-/* Score only (no gradients). */
-sd_status sd__lik_score(struct sd_lik *lk, const float *x, size_t n, double t, float *s);
-/* Grow-only scratch buffer #slot of lk (slots 0..SD__LIK_SLOTS-1; 0-9 and
- * 16-19 likelihood.c, 10-15 elbo.c). */
-#define SD__LIK_SLOTS 20
-void *sd__lik_scratch(struct sd_lik *lk, int slot, size_t bytes);
-/* log of the prior density at x_N [D] (the configured prior). */
-sd_status sd__lik_prior_logp(struct sd_lik *lk, const float *x, size_t n, double *out);
-sd_model *sd__lik_model(struct sd_lik *lk);
 
 #endif

@@ -29,7 +29,7 @@
 #ifndef SD_CHECKPOINT_H
 #define SD_CHECKPOINT_H
 
-#include "trainer.h"
+#include "sd/trainer.h"
 
 typedef struct sd_ckpt_meta {
     int64_t step;

@@ -25,6 +25,7 @@
  * depend on the thread count.
  */
 #include "sd/ops.h"
+#include "core/graph_internal.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -435,7 +436,7 @@ static sd_tensor *ew_binary(sd_graph *g, ew_op op, sd_tensor *a, sd_tensor *b)
     ew_plan p;
     if (!ew_plan_make(a, b, &p)) {
         char sa[64], sb[64];
-        return sd__op_fail(g, SD_ERR_INVALID, "%s: shapes %s and %s do not broadcast",
+        return sd_graph_fail(g, SD_ERR_INVALID, "%s: shapes %s and %s do not broadcast",
                            ew_names[op], sd_shape_str(a, sa, sizeof sa),
                            sd_shape_str(b, sb, sizeof sb));
     }
@@ -494,13 +495,13 @@ sd_tensor *sd_add_into(sd_graph *g, sd_tensor *a, sd_tensor *b, float s)
 {
     if (!a || !b) return NULL;
     if (!a->op)
-        return sd__op_fail(g, SD_ERR_INVALID, "add_into: the target must be an op output, not a leaf");
+        return sd_graph_fail(g, SD_ERR_INVALID, "add_into: the target must be an op output, not a leaf");
     ew_plan p;
     char sa[64], sb[64];
     bool ok = ew_plan_make(a, b, &p) && p.ndim == a->ndim && p.n == a->numel &&
               (p.kind == PLAN_SAME || (p.kind == PLAN_SEG && !p.seg_is_a));
     if (!ok)
-        return sd__op_fail(g, SD_ERR_INVALID,
+        return sd_graph_fail(g, SD_ERR_INVALID,
                            "add_into: %s must be %s's shape or broadcast to it along whole runs",
                            sd_shape_str(b, sb, sizeof sb), sd_shape_str(a, sa, sizeof sa));
     sd_tensor *out = sd__op_view(g, "add_into", a->ndim, a->shape, a->data, add_into_backward, 2,

@@ -15,8 +15,9 @@
  * Results equal sd_conv2d(sd_group_norm_silu(h)) bit for bit (same kernels,
  * same statistics). Activation checkpointing in the sense of Chen et al.
  * 2016, "Training Deep Nets with Sublinear Memory Cost", for one cheap op. */
-#include "ops_internal.h"
+#include "ops/ops_internal.h"
 #include "sd/ops.h"
+#include "core/graph_internal.h"
 
 #include <string.h>
 
@@ -68,7 +69,7 @@ sd_tensor *sd_group_norm_silu_conv2d(sd_graph *g, sd_tensor *h, int groups, sd_t
     void *stats = NULL;
     if (sd__recorded(out)) {
         stats = sd_graph_alloc(g, sd__gn_stats_bytes(h, groups));
-        if (!stats) return sd__op_fail(g, SD_ERR_NOMEM, "%s: out of memory for statistics", op);
+        if (!stats) return sd_graph_fail(g, SD_ERR_NOMEM, "%s: out of memory for statistics", op);
         out->saved = stats;
         out->params.i[FP_GROUPS] = groups;
         out->params.i[FP_STRIDE] = stride;
@@ -77,11 +78,11 @@ sd_tensor *sd_group_norm_silu_conv2d(sd_graph *g, sd_tensor *h, int groups, sd_t
     }
     sd_arena_mark mark = sd__arena_mark(g);
     float *a = sd_graph_alloc_floats(g, h->numel);
-    if (!a) return sd__op_fail(g, SD_ERR_NOMEM, "%s: out of memory for scratch", op);
+    if (!a) return sd_graph_fail(g, SD_ERR_NOMEM, "%s: out of memory for scratch", op);
     sd__gn_silu_forward_into(h, groups, gamma, beta, eps, a, stats);
     sd_tensor at = activation_of(h, a, NULL);
     sd_status st = sd__conv2d_forward_into(g, &at, w, b, stride, pad, out->data);
     sd__arena_rewind(g, mark);
-    if (st != SD_OK) return sd__op_fail(g, st, "%s", sd_error_message());
+    if (st != SD_OK) return sd_graph_fail(g, st, "%s", sd_error_message());
     return out;
 }

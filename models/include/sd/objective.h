@@ -29,7 +29,7 @@
 #ifndef SD_OBJECTIVE_H
 #define SD_OBJECTIVE_H
 
-#include "score_model.h"
+#include "sd/score_model.h"
 
 typedef struct sd_rng sd_rng;
 

@@ -21,11 +21,11 @@
 #ifndef SD_SCORE_MODEL_H
 #define SD_SCORE_MODEL_H
 
-#include "gmm.h"
-#include "mlp.h"
+#include "sd/gmm.h"
+#include "sd/mlp.h"
 #include "sd/params.h"
 #include "sd/sde.h"
-#include "unet.h"
+#include "sd/unet.h"
 
 typedef enum sd_model_kind { SD_MODEL_UNET, SD_MODEL_MLP, SD_MODEL_GMM } sd_model_kind;
 

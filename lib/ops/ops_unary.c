@@ -15,6 +15,7 @@
  */
 #include "sd/ops.h"
 #include "sd/rng.h"
+#include "core/graph_internal.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -221,10 +222,10 @@ sd_tensor *sd_dropout(sd_graph *g, sd_tensor *x, float p, sd_rng *rng, bool trai
 {
     if (!x) return NULL;
     if (!(p >= 0.0f && p <= 1.0f)) /* also rejects NaN */
-        return sd__op_fail(g, SD_ERR_INVALID, "dropout: probability %g outside [0, 1]", (double)p);
+        return sd_graph_fail(g, SD_ERR_INVALID, "dropout: probability %g outside [0, 1]", (double)p);
     /* Inference or p == 0: the identity, and the input itself (as PyTorch). */
     if (!training || p == 0.0f) return x;
-    if (!rng) return sd__op_fail(g, SD_ERR_INVALID, "dropout: NULL rng in training mode");
+    if (!rng) return sd_graph_fail(g, SD_ERR_INVALID, "dropout: NULL rng in training mode");
     sd_tensor *out = sd__op_output(g, "dropout", x->ndim, x->shape, dropout_backward, 1, &x);
     if (!out) return NULL;
     size_t n = x->numel;
@@ -233,7 +234,7 @@ sd_tensor *sd_dropout(sd_graph *g, sd_tensor *x, float p, sd_rng *rng, bool trai
     uint8_t *keep = NULL;
     if (sd__recorded(out)) {
         keep = sd_graph_alloc(g, n);
-        if (!keep) return sd__op_fail(g, SD_ERR_NOMEM, "dropout: out of memory for the mask");
+        if (!keep) return sd_graph_fail(g, SD_ERR_NOMEM, "dropout: out of memory for the mask");
         out->saved = keep;
         out->params.f[0] = scale;
     }

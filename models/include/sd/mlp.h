@@ -14,7 +14,7 @@
 #ifndef SD_MODELS_MLP_H
 #define SD_MODELS_MLP_H
 
-#include "fourier.h"
+#include "sd/fourier.h"
 #include "sd/params.h"
 #include "sd/tensor.h"
 
